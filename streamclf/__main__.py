@@ -1,0 +1,5 @@
+"""Allows ``python -m streamclf``."""
+
+from streamclf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""The shared batcher: frames from every camera wait here for the next model call.
+
+A batch runs when ``batch_size`` frames wait or the oldest has waited
+``max_batch_wait_s``. The queue is bounded; what happens to a frame that does not fit
+is a named policy chosen by its producer, and every drop is counted per camera and
+reason so it shows up in logs and metrics instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from enum import Enum
+from typing import Callable
+
+from streamclf.entities import Frame
+
+
+class DropPolicy(str, Enum):
+    """What ``Batcher.put`` does with a frame when the queue is full, or a newer frame exists."""
+
+    WAIT = "wait"  # block the producer: files read without realtime pacing lose nothing
+    LATEST_PER_CAMERA = "latest_per_camera"  # live video: a newer frame replaces its camera's pending one
+    DROP_OLDEST = "drop_oldest"  # make room by dropping the oldest frame in the queue
+
+
+class DropReason(str, Enum):
+    STALE = "stale"  # older than max_frame_age_s when its batch ran
+    QUEUE_FULL = "queue_full"  # no room in the batcher
+    SUPERSEDED = "superseded"  # replaced by a newer frame of the same live camera
+    DECODE_ERROR = "decode_error"  # the source returned a frame that could not be decoded
+
+
+class Batcher:
+    """Bounded multi-producer, single-consumer frame queue that hands out batches.
+
+    Times are ``clock()`` seconds (monotonic). ``max_frame_age_s`` of None keeps every frame.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_batch_wait_s: float,
+        max_pending: int | None = None,
+        max_frame_age_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.batch_size = batch_size
+        self.max_batch_wait_s = max_batch_wait_s
+        self.max_pending = max_pending or max(4 * batch_size, 16)
+        self.max_frame_age_s = max_frame_age_s
+        self._clock = clock
+        self._pending: deque[tuple[float, Frame]] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.drops: Counter[tuple[str, str]] = Counter()
+        self.accepted = 0
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def _drop(self, camera: str, reason: DropReason) -> None:
+        self.drops[(camera, reason.value)] += 1
+
+    def count_drop(self, camera: str, reason: DropReason) -> None:
+        """Record a drop that happened before the frame reached the batcher (e.g. a decode error)."""
+        with self._cond:
+            self._drop(camera, reason)
+
+    def put(self, frame: Frame, policy: DropPolicy, timeout: float | None = None) -> bool:
+        """Queue ``frame``; True if it was queued. WAIT blocks up to ``timeout`` seconds (None: forever)."""
+        with self._cond:
+            if self._closed:
+                return False
+            if policy is DropPolicy.LATEST_PER_CAMERA:
+                for i, (_, old) in enumerate(self._pending):
+                    if old.camera == frame.camera:
+                        del self._pending[i]
+                        self._drop(old.camera, DropReason.SUPERSEDED)
+                        break
+            if len(self._pending) >= self.max_pending:
+                if policy is DropPolicy.WAIT:
+                    ok = self._cond.wait_for(lambda: self._closed or len(self._pending) < self.max_pending, timeout)
+                    if not ok or self._closed:
+                        self._drop(frame.camera, DropReason.QUEUE_FULL)
+                        return False
+                else:
+                    _, oldest = self._pending.popleft()
+                    self._drop(oldest.camera, DropReason.QUEUE_FULL)
+            self._pending.append((self._clock(), frame))
+            self.accepted += 1
+            self._cond.notify_all()
+            return True
+
+    def next_batch(self, timeout: float | None = None) -> list[Frame]:
+        """Block until a batch is due (full, or its oldest frame waited long enough), the
+        timeout passes (returns what is due, possibly []), or the batcher is closed and empty."""
+        deadline = None if timeout is None else self._clock() + timeout
+        with self._cond:
+            while True:
+                now = self._clock()
+                self._drop_stale(now)
+                if self._pending:
+                    oldest_wait = now - self._pending[0][0]
+                    if len(self._pending) >= self.batch_size or oldest_wait >= self.max_batch_wait_s or self._closed:
+                        break
+                    wait = self.max_batch_wait_s - oldest_wait
+                elif self._closed:
+                    return []
+                else:
+                    wait = None
+                if deadline is not None:
+                    remaining = deadline - now
+                    if remaining <= 0:
+                        return []
+                    wait = remaining if wait is None else min(wait, remaining)
+                self._cond.wait(wait)
+            n = min(self.batch_size, len(self._pending))
+            batch = [self._pending.popleft()[1] for _ in range(n)]
+            self._cond.notify_all()  # producers blocked on WAIT
+            return batch
+
+    def _drop_stale(self, now: float) -> None:
+        if self.max_frame_age_s is None:
+            return
+        kept: deque[tuple[float, Frame]] = deque()
+        for queued_at, frame in self._pending:
+            if now - frame.captured_monotonic > self.max_frame_age_s:
+                self._drop(frame.camera, DropReason.STALE)
+            else:
+                kept.append((queued_at, frame))
+        if len(kept) != len(self._pending):
+            self._pending = kept
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop accepting frames and wake everyone; pending frames can still be taken."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def discard_pending(self) -> int:
+        """Drop every pending frame (shutdown); returns how many."""
+        with self._cond:
+            n = len(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+            return n

@@ -1,0 +1,238 @@
+"""The CLIP model: loading, label text embeddings, and batched frame scoring.
+
+A label's text embedding is the normalised mean of its prompts' normalised
+embeddings, computed once when the labels are set, never per frame. A frame's score
+for each of its camera's labels is softmax(logit_scale * cosine) over that camera's
+labels, which with one prompt per label equals what
+``transformers.pipeline("zero-shot-image-classification")`` returns with
+``hypothesis_template="{}"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from streamclf.config import ModelConfig
+from streamclf.preprocess import BatchPreprocessor, PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """The model weights could not be found or loaded; the message says where we looked and what to do."""
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Text embeddings of a set of labels, (n_labels, dim), L2-normalised, on the model's device."""
+
+    names: tuple[str, ...]
+    embeddings: torch.Tensor
+
+    def index(self, names: Sequence[str]) -> list[int]:
+        return [self.names.index(n) for n in names]
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` means the first CUDA device when there is one, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device is {requested!r} but PyTorch sees no CUDA device (torch {torch.__version__})")
+    return torch.device(requested)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has bf16 dot-product instructions (AVX512-BF16 or AMX), where bf16 is fast."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32. int8 is opt-in (CPU only)."""
+    if requested == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if requested == "int8" and device.type != "cpu":
+        raise ModelLoadError("model.precision int8 is only available on the CPU; use fp16 or bf16 on CUDA")
+    return requested
+
+
+def _hub_reachable(timeout_s: float = 2.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((endpoint, 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_error(name: str, cause: BaseException | str) -> ModelLoadError:
+    from huggingface_hub import constants
+
+    looked = []
+    if os.path.sep in name or name.startswith(".") or Path(name).exists():
+        looked.append(f"the local directory {os.path.abspath(name)} ({'exists' if Path(name).is_dir() else 'not found'})")
+    looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
+    if constants.HF_HUB_OFFLINE:
+        looked.append("not the hub: HF_HUB_OFFLINE is set")
+    else:
+        looked.append("the hub (unreachable from this machine)" if not _hub_reachable() else "the hub")
+    return ModelLoadError(
+        f"cannot load CLIP model {name!r}: {cause}\n"
+        f"  looked in: " + "; ".join(looked) + "\n"
+        "  fix: on a machine with network, download it once:\n"
+        f"    python -c \"from huggingface_hub import snapshot_download; snapshot_download('{name}', "
+        f"local_dir='clip-model', allow_patterns=['*.json', '*.txt', '*.safetensors'])\"\n"
+        "  then copy the clip-model directory here and set model.name in the config to its path\n"
+        "  (or set HF_HOME to a Hugging Face cache that already holds the model)."
+    )
+
+
+def _load_pretrained(name: str):
+    """Load model, tokenizer and preprocessing spec from a local directory, the cache, or the hub."""
+    from transformers import AutoTokenizer, CLIPModel
+    from transformers.utils import cached_file
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one log line says the model loaded; no progress bars in service logs
+
+    local_dir = Path(name).expanduser()
+    is_local = local_dir.is_dir()
+    # A hub id is "org/name"; anything that can only be a path and is missing is a plain error.
+    if not is_local and (name.startswith((".", "~", "/")) or name.count("/") > 1):
+        raise _load_error(name, "no such directory")
+    # Cache first: a machine that has the weights must not stall on an unreachable hub.
+    attempts = [True] if is_local else [True, False]
+    last: BaseException | None = None
+    for local_only in attempts:
+        if not local_only and (_offline() or not _hub_reachable()):
+            break
+        try:
+            model = CLIPModel.from_pretrained(str(local_dir) if is_local else name, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(str(local_dir) if is_local else name, local_files_only=local_only)
+            spec = PreprocessSpec()
+            proc_path = cached_file(
+                str(local_dir) if is_local else name,
+                "preprocessor_config.json",
+                local_files_only=local_only,
+                _raise_exceptions_for_missing_entries=False,
+            )
+            if proc_path:
+                import json
+
+                with open(proc_path, encoding="utf-8") as f:
+                    spec = PreprocessSpec.from_processor_dict(json.load(f))
+            else:
+                log.warning("model %s has no preprocessor_config.json; using CLIP's defaults %s", name, spec)
+            return model, tokenizer, spec
+        except (OSError, ValueError) as exc:
+            last = exc
+    raise _load_error(name, _short(last) if last else "not in the cache and the hub is unreachable")
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class ClipClassifier:
+    """CLIP image and text towers on one device, scoring frames against label sets."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        model, self.tokenizer, spec = _load_pretrained(cfg.name)
+        model.eval()
+        self.model = model.to(self.device)
+        self._autocast_dtype: torch.dtype | None = None
+        model_dtype = torch.float32
+        if self.device.type == "cuda" and self.precision in ("fp16", "bf16"):
+            model_dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            self.model.vision_model.to(model_dtype)
+            self.model.visual_projection.to(model_dtype)
+        elif self.precision == "bf16":
+            self._autocast_dtype = torch.bfloat16
+        elif self.precision == "fp16":
+            self._autocast_dtype = torch.float16
+        elif self.precision == "int8":
+            self._quantize_int8()
+        self.preprocess = BatchPreprocessor(spec, self.device, model_dtype)
+        self.logit_scale = float(self.model.logit_scale.exp().item())
+        # Serialises model calls: label updates (control messages) may come from another thread.
+        self._lock = threading.Lock()
+        log.info(
+            "model %s loaded on %s, precision %s, input %dx%d",
+            cfg.name, self.device, self.precision, spec.crop_width, spec.crop_height,
+        )
+
+    def _quantize_int8(self) -> None:
+        from torch.ao.quantization import quantize_dynamic
+
+        self.model.vision_model = quantize_dynamic(self.model.vision_model, {torch.nn.Linear}, dtype=torch.qint8)
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
+    @torch.inference_mode()
+    def encode_labels(self, prompts: Mapping[str, Sequence[str]]) -> LabelSet:
+        """Embed each label's prompts: normalised mean of normalised prompt embeddings (fp32)."""
+        names = tuple(prompts)
+        flat = [p for n in names for p in prompts[n]]
+        tokens = self.tokenizer(flat, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        with self._lock:
+            out = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            text = self.model.text_projection(out.pooler_output).float()
+        text = torch.nn.functional.normalize(text, dim=-1)
+        rows, start = [], 0
+        for n in names:
+            k = len(prompts[n])
+            rows.append(torch.nn.functional.normalize(text[start : start + k].mean(0), dim=-1))
+            start += k
+        return LabelSet(names, torch.stack(rows))
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """L2-normalised fp32 image embeddings (N, dim) for RGB uint8 images of any size."""
+        pixels = self.preprocess(list(images))
+        with self._lock, self._autocast():
+            out = self.model.vision_model(pixel_values=pixels)
+            emb = self.model.visual_projection(out.pooler_output)
+        return torch.nn.functional.normalize(emb.float(), dim=-1)
+
+    @torch.inference_mode()
+    def score(self, embeddings: torch.Tensor, labels: LabelSet, subsets: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Softmax(logit_scale * cosine) of each embedding over its own subset of label names."""
+        cos = (embeddings @ labels.embeddings.T).cpu()
+        results = []
+        for row, names in zip(cos, subsets):
+            idx = labels.index(names)
+            probs = torch.softmax(self.logit_scale * row[idx], dim=-1).tolist()
+            results.append(dict(zip(names, probs)))
+        return results

@@ -1,0 +1,94 @@
+"""Command line: ``streamclf run``, ``streamclf check-config``, ``streamclf --version``.
+
+Exit codes: 0 normal end, 1 invalid config, 2 model could not be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+from streamclf import __version__
+
+log = logging.getLogger("streamclf")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamclf", description="Zero-shot CLIP classification of camera streams to MQTT.")
+    p.add_argument("--version", action="version", version=f"streamclf {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "run the daemon"), ("check-config", "validate a config file and exit")):
+        s = sub.add_parser(name, help=help_text)
+        s.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
+        s.add_argument("--log-level", default=os.environ.get("STREAMCLF_LOG_LEVEL", "INFO"))
+        s.add_argument("--log-format", choices=("text", "json"), default="text")
+    return p
+
+
+def _load(path: str):
+    from streamclf.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{exc.source}: invalid config", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    print(f"{args.config}: ok ({len(cfg.cameras)} camera(s), {len(cfg.labels)} label(s))")
+    return 0
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM asks for a clean stop; a second SIGINT exits at once."""
+
+    def on_signal(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            os._exit(130)
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from streamclf.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    from streamclf.classifier import ClipClassifier, ModelLoadError
+    from streamclf.pipeline import Pipeline
+
+    log.info("streamclf %s starting with %s", __version__, os.path.abspath(args.config))
+    try:
+        classifier = ClipClassifier(cfg.model)
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return 2
+    pipeline = Pipeline(cfg, classifier, base_dir=os.path.dirname(os.path.abspath(args.config)))
+    _install_signal_handlers(pipeline.stop_event)
+    return pipeline.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return cmd_check_config(args)
+    return cmd_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Frozen value types passed between the pipeline stages.
+
+Each stage owns its mutable state; what crosses a stage boundary is one of these
+immutable records, so a frame can sit in a queue while its producer moves on
+without anyone changing it underneath.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sampled frame of one camera, waiting to be classified.
+
+    ``image`` is RGB uint8, shape (height, width, 3). ``frame_index`` and ``frame_time``
+    (seconds) locate the frame in its source: for files the decoded-frame index and
+    the media time, for live streams a running count and the capture wall-clock time.
+    ``captured_monotonic`` (``time.monotonic()`` seconds) is when it was decoded and is
+    what frame-age limits are measured against.
+    """
+
+    camera: str
+    image: np.ndarray
+    frame_index: int
+    frame_time: float
+    captured_monotonic: float
+
+    def __post_init__(self) -> None:
+        if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise ValueError(
+                f"Frame.image must be uint8 of shape (H, W, 3), got {self.image.dtype} {self.image.shape}"
+            )
+
+
+@dataclass(frozen=True)
+class Classification:
+    """CLIP scores for one frame: label -> probability (0..1) over the camera's labels."""
+
+    camera: str
+    frame_index: int
+    frame_time: float
+    captured_monotonic: float
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Read-only view: several consumers (decisions, publishing, metrics) share one object.
+        object.__setattr__(self, "scores", MappingProxyType(dict(self.scores)))
+
+    @property
+    def top_label(self) -> str | None:
+        """Label with the highest score, or None when there are no scores."""
+        return max(self.scores, key=self.scores.__getitem__) if self.scores else None
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A non-background label at or above its threshold on one classified frame."""
+
+    camera: str
+    label: str
+    score: float
+    classification: Classification
+
+    def payload(self, timestamp: float) -> dict:
+        """The JSON body published on ``<prefix>/<camera>/detection``; ``timestamp`` is epoch seconds."""
+        c = self.classification
+        return {
+            "camera": self.camera,
+            "label": self.label,
+            "score": round(self.score, 6),
+            "scores": {k: round(v, 6) for k, v in c.scores.items()},
+            "frame_index": c.frame_index,
+            "frame_time": round(c.frame_time, 6),
+            "timestamp": round(timestamp, 3),
+        }

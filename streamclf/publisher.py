@@ -1,0 +1,234 @@
+"""Publishing to MQTT (paho-mqtt 2.x), surviving broker outages without losing events.
+
+Messages first go into our own bounded queue (``mqtt.max_queued_messages``): when it
+overflows the *oldest* message is dropped and counted, because paho's own limit drops
+the newest. A sender thread hands messages to paho only while connected and keeps at
+most ``inflight_window`` unacknowledged QoS>0 messages in paho's hands; paho resends
+those itself after a reconnect. So everything queued within the bound is delivered
+once the broker is back.
+
+Availability: ``<prefix>/available`` is ``online``/``offline``, retained, with
+``offline`` as the last will; per-camera ``<prefix>/<camera>/status`` is retained too.
+Both are republished on every (re)connect, since a restarted broker without
+persistence forgets retained messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from streamclf.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    topic: str
+    payload: bytes
+    qos: int = 0
+    retain: bool = False
+
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class MqttPublisher:
+    """The daemon's one MQTT connection: publish, subscribe, availability, bounded outage queue."""
+
+    inflight_window = 64
+
+    def __init__(self, cfg: MqttConfig):
+        self.cfg = cfg
+        self.prefix = cfg.topic_prefix
+        self._queue: deque[OutgoingMessage] = deque()
+        self._cond = threading.Condition()
+        self._connected = False
+        self._stopping = False
+        self._inflight: list[mqtt.MQTTMessageInfo] = []  # QoS>0 handed to paho, maybe not yet acknowledged
+        self._retained_state: dict[str, OutgoingMessage] = {}  # republished on every connect
+        self._subscriptions: dict[str, MessageHandler] = {}
+        self.dropped_overflow = 0
+        self.published = 0
+        self.connects = 0
+        self.last_error = ""
+        self._last_overflow_warning = 0.0
+
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id, protocol=mqtt.MQTTv311
+        )
+        if cfg.username:
+            self.client.username_pw_set(cfg.username, cfg.password)
+        self.client.will_set(self.topic("available"), "offline", qos=1, retain=True)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.max_inflight_messages_set(self.inflight_window)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+
+    def topic(self, *parts: str) -> str:
+        return "/".join((self.prefix, *parts))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._unacked()
+
+    def start(self) -> None:
+        """Connect in the background; an unreachable broker is retried by paho with backoff."""
+        self.set_retained(self.topic("available"), "online")
+        self._sender.start()
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self.client.loop_start()
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes | str | dict, qos: int = 0, retain: bool = False) -> None:
+        """Queue a message. Dicts become JSON. Never blocks; overflow drops the oldest message."""
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, separators=(",", ":"))
+        if isinstance(payload, str):
+            payload = payload.encode()
+        msg = OutgoingMessage(topic, payload, qos, retain)
+        with self._cond:
+            if len(self._queue) >= self.cfg.max_queued_messages:
+                self._queue.popleft()
+                self.dropped_overflow += 1
+                now = time.monotonic()
+                if now - self._last_overflow_warning > 10:
+                    self._last_overflow_warning = now
+                    log.warning(
+                        "MQTT queue full (%d messages, broker %s); dropping the oldest, %d dropped so far",
+                        self.cfg.max_queued_messages, "connected" if self._connected else "disconnected",
+                        self.dropped_overflow,
+                    )
+            self._queue.append(msg)
+            self._cond.notify_all()
+
+    def set_retained(self, topic: str, payload: str | bytes | dict, qos: int = 1) -> None:
+        """Publish a retained state message and remember it, to republish after every reconnect."""
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, separators=(",", ":"))
+        if isinstance(payload, str):
+            payload = payload.encode()
+        with self._cond:
+            self._retained_state[topic] = OutgoingMessage(topic, payload, qos, True)
+        self.publish(topic, payload, qos, retain=True)
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
+        """Call ``handler(topic, payload)`` for messages on ``topic_filter`` (resubscribed on reconnect)."""
+        self._subscriptions[topic_filter] = handler
+        self.client.message_callback_add(topic_filter, lambda c, u, m: self._dispatch(handler, m))
+        if self._connected:
+            self.client.subscribe(topic_filter, qos=1)
+
+    def _dispatch(self, handler: MessageHandler, message: mqtt.MQTTMessage) -> None:
+        try:
+            handler(message.topic, message.payload)
+        except Exception:  # one bad handler or payload must never take the connection down
+            log.exception("MQTT handler for %s failed", message.topic)
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda: self._stopping and not self._queue
+                    or (self._connected and self._queue and self._unacked() < self.inflight_window)
+                )
+                if self._stopping and not self._queue:
+                    return
+                msg = self._queue.popleft()
+            info = self.client.publish(msg.topic, msg.payload, msg.qos, msg.retain)
+            # paho keeps QoS>0 messages it could not send (NO_CONN) and sends them after reconnecting.
+            if info.rc == mqtt.MQTT_ERR_SUCCESS or (msg.qos > 0 and info.rc == mqtt.MQTT_ERR_NO_CONN):
+                with self._cond:
+                    if msg.qos > 0:
+                        self._inflight.append(info)
+                    self.published += 1
+            else:
+                with self._cond:  # not handed over: put it back and wait for the connection
+                    self._queue.appendleft(msg)
+                    self._connected = False if info.rc == mqtt.MQTT_ERR_NO_CONN else self._connected
+                    self._cond.wait(0.1)
+
+    # -- paho callbacks (network thread) ---------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self.last_error = f"broker refused the connection: {reason_code}"
+            log.error(
+                "MQTT broker %s:%d refused the connection: %s; retrying with backoff",
+                self.cfg.host, self.cfg.port, reason_code,
+            )
+            return
+        self.connects += 1
+        log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
+        for topic_filter in self._subscriptions:
+            client.subscribe(topic_filter, qos=1)
+        with self._cond:
+            # Retained state first, ahead of anything queued during the outage.
+            current = {m.topic for m in self._queue if m.retain}
+            for topic, msg in self._retained_state.items():
+                if topic not in current:
+                    self._queue.appendleft(msg)
+            self._connected = True
+            self._cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._cond:
+            was = self._connected
+            self._connected = False
+            self._cond.notify_all()
+        if was and not self._stopping:
+            self.last_error = f"disconnected: {reason_code}"
+            log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port, reason_code)
+
+    def _unacked(self) -> int:
+        """QoS>0 messages paho has not had acknowledged; call with ``_cond`` held."""
+        # Not is_published(): it raises for messages that paho queued while disconnected (rc NO_CONN),
+        # which paho still delivers after reconnecting and then marks as published.
+        self._inflight = [info for info in self._inflight if not info._published]
+        return len(self._inflight)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _on_message(self, client, userdata, message) -> None:
+        pass  # every subscription has its own callback
+
+    # -- shutdown ---------------------------------------------------------------
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` seconds for the queue to drain and QoS>0 messages to be acknowledged."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._unacked(), timeout_s)
+
+    def stop(self, flush_timeout_s: float = 3.0) -> None:
+        """Publish ``offline``, deliver what is queued for up to ``flush_timeout_s`` seconds, disconnect."""
+        self.set_retained(self.topic("available"), "offline")
+        flushed = self.flush(flush_timeout_s)
+        if not flushed:
+            log.warning("MQTT: %d message(s) not delivered at shutdown", self.queued)
+        with self._cond:
+            self._stopping = True
+            self._queue.clear()
+            self._cond.notify_all()
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._sender.join(1.0)

@@ -1,0 +1,99 @@
+"""The shared batcher: batch size, wait limit, bounded queue and its named drop policies."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from streamclf.batching import Batcher, DropPolicy
+from streamclf.entities import Frame
+
+IMG = np.zeros((4, 4, 3), np.uint8)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def frame(camera: str, index: int, captured: float = 1000.0) -> Frame:
+    return Frame(camera, IMG, index, index / 10, captured)
+
+
+def test_full_batch_is_returned_at_once():
+    b = Batcher(batch_size=3, max_batch_wait_s=60)
+    for i in range(4):
+        b.put(frame("a", i), DropPolicy.WAIT)
+    assert [f.frame_index for f in b.next_batch(timeout=0)] == [0, 1, 2]
+    assert len(b) == 1
+
+
+def test_partial_batch_waits_for_oldest_to_reach_max_wait():
+    clock = FakeClock()
+    b = Batcher(batch_size=8, max_batch_wait_s=0.05, clock=clock)
+    b.put(frame("a", 0), DropPolicy.WAIT)
+    assert b.next_batch(timeout=0) == []
+    clock.t += 0.051
+    assert [f.frame_index for f in b.next_batch(timeout=0)] == [0]
+
+
+def test_latest_per_camera_replaces_only_that_cameras_pending_frame():
+    b = Batcher(batch_size=8, max_batch_wait_s=60)
+    b.put(frame("live", 0), DropPolicy.LATEST_PER_CAMERA)
+    b.put(frame("file", 0), DropPolicy.WAIT)
+    b.put(frame("live", 1), DropPolicy.LATEST_PER_CAMERA)
+    b.close()
+    got = [(f.camera, f.frame_index) for f in b.next_batch(timeout=0)]
+    assert got == [("file", 0), ("live", 1)]
+    assert b.drops[("live", "superseded")] == 1
+
+
+def test_drop_oldest_when_full_is_counted():
+    b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=2)
+    for i in range(5):
+        assert b.put(frame("a", i), DropPolicy.DROP_OLDEST)
+    assert [f.frame_index for f in b.next_batch(timeout=0)] == [3, 4]
+    assert b.drops[("a", "queue_full")] == 3
+
+
+def test_wait_policy_blocks_producer_until_room():
+    b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=2)
+    b.put(frame("a", 0), DropPolicy.WAIT)
+    b.put(frame("a", 1), DropPolicy.WAIT)
+    done = threading.Event()
+    threading.Thread(target=lambda: (b.put(frame("a", 2), DropPolicy.WAIT), done.set()), daemon=True).start()
+    assert not done.wait(0.2)  # blocked: the queue is full
+    assert len(b.next_batch(timeout=0)) == 2
+    assert done.wait(2)
+    assert not b.drops
+
+
+def test_stale_frames_are_dropped_not_classified():
+    clock = FakeClock()
+    b = Batcher(batch_size=2, max_batch_wait_s=0, max_frame_age_s=1.0, clock=clock)
+    b.put(frame("a", 0, captured=clock.t - 5), DropPolicy.WAIT)
+    b.put(frame("a", 1, captured=clock.t), DropPolicy.WAIT)
+    assert [f.frame_index for f in b.next_batch(timeout=0)] == [1]
+    assert b.drops[("a", "stale")] == 1
+
+
+def test_closed_batcher_hands_out_the_rest_then_empty():
+    b = Batcher(batch_size=8, max_batch_wait_s=60)
+    b.put(frame("a", 0), DropPolicy.WAIT)
+    b.close()
+    assert len(b.next_batch(timeout=1)) == 1
+    start = time.monotonic()
+    assert b.next_batch(timeout=5) == []
+    assert time.monotonic() - start < 1
+    assert not b.put(frame("a", 1), DropPolicy.WAIT)
+
+
+def test_frame_validates_its_image():
+    with pytest.raises(ValueError, match="uint8"):
+        Frame("a", np.zeros((4, 4, 3), np.float32), 0, 0.0, 0.0)
