@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter, deque
 from enum import Enum
-from typing import Callable
+from typing import Callable, Mapping
 
 from streamclf.entities import Frame
 
@@ -35,7 +35,9 @@ class DropReason(str, Enum):
 class Batcher:
     """Bounded multi-producer, single-consumer frame queue that hands out batches.
 
-    Times are ``clock()`` seconds (monotonic). ``max_frame_age_s`` of None keeps every frame.
+    Times are ``clock()`` seconds (monotonic). ``max_frame_age_s`` of None keeps every frame;
+    ``max_frame_age_by_camera`` (camera -> seconds or None) overrides it per camera, because a
+    quiet camera and a batch job tolerate different ages.
     """
 
     def __init__(
@@ -45,11 +47,13 @@ class Batcher:
         max_pending: int | None = None,
         max_frame_age_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_frame_age_by_camera: Mapping[str, float | None] | None = None,
     ):
         self.batch_size = batch_size
         self.max_batch_wait_s = max_batch_wait_s
         self.max_pending = max_pending or max(4 * batch_size, 16)
         self.max_frame_age_s = max_frame_age_s
+        self.max_frame_age_by_camera = dict(max_frame_age_by_camera or {})
         self._clock = clock
         self._pending: deque[tuple[float, Frame]] = deque()
         self._cond = threading.Condition()
@@ -63,6 +67,14 @@ class Batcher:
 
     def _drop(self, camera: str, reason: DropReason) -> None:
         self.drops[(camera, reason.value)] += 1
+
+    def drop_counts(self) -> dict[str, dict[str, int]]:
+        """A snapshot of every drop so far: camera -> reason -> frames."""
+        with self._cond:
+            out: dict[str, dict[str, int]] = {}
+            for (camera, reason), n in self.drops.items():
+                out.setdefault(camera, {})[reason] = n
+            return out
 
     def count_drop(self, camera: str, reason: DropReason) -> None:
         """Record a drop that happened before the frame reached the batcher (e.g. a decode error)."""
@@ -122,12 +134,16 @@ class Batcher:
             self._cond.notify_all()  # producers blocked on WAIT
             return batch
 
+    def _max_age(self, camera: str) -> float | None:
+        return self.max_frame_age_by_camera.get(camera, self.max_frame_age_s)
+
     def _drop_stale(self, now: float) -> None:
-        if self.max_frame_age_s is None:
+        if self.max_frame_age_s is None and not any(v is not None for v in self.max_frame_age_by_camera.values()):
             return
         kept: deque[tuple[float, Frame]] = deque()
         for queued_at, frame in self._pending:
-            if now - frame.captured_monotonic > self.max_frame_age_s:
+            max_age = self._max_age(frame.camera)
+            if max_age is not None and now - frame.captured_monotonic > max_age:
                 self._drop(frame.camera, DropReason.STALE)
             else:
                 kept.append((queued_at, frame))

@@ -4,19 +4,38 @@ Files are sampled by position (frame index and media time), so a non-realtime ru
 deterministic and drops nothing; realtime files are paced to the wall clock like a
 camera. Live sources (RTSP/HTTP URLs, webcam indexes) decode continuously and hand the
 batcher only their newest frame, so a slow model never classifies stale video. Each
-camera owns its thread and its VideoCapture: no lock or blocking call is shared
-across cameras, so one camera's fault never delays the others.
+camera owns its thread and its VideoCapture, so one camera's fault never delays the
+others.
+
+Live sources fail in ways OpenCV does not handle on its own, so each live camera runs a
+small supervisor:
+
+- every open-and-read attempt runs in its own reader thread. ``VideoCapture.read()`` can
+  block with no timeout after a disconnect on some builds, so the supervisor never waits
+  on it: a watchdog marks the camera offline when no frame arrives for
+  ``stall_timeout_s`` and starts a fresh reader; the stuck one is abandoned and releases
+  its capture itself if FFmpeg ever returns (releasing it from another thread while it is
+  inside ``read()`` could crash the process).
+- OpenCV serialises FFmpeg ``open()`` calls across the whole process with one mutex, so a
+  source that hangs while opening would hold up every other camera's (re)connect for up
+  to ``open_timeout_s``. Network sources are therefore probed first, in the camera's own
+  thread with plain sockets: a closed port, a port that accepts and says nothing, or a
+  server that is not RTSP/HTTP fails there without touching OpenCV.
+- failed attempts are retried with exponential backoff up to a cap; the attempt count
+  resets once frames flow again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -28,40 +47,129 @@ from streamclf.logs import redact
 
 log = logging.getLogger(__name__)
 
-# RTSP over TCP survives lossy links and NAT better than UDP; a user's own setting wins.
-os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+_FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+# The user's own FFmpeg options (``key;value|key;value``), kept; each camera's rtsp_transport is added to them.
+_USER_FFMPEG_OPTIONS = os.environ.get(_FFMPEG_OPTIONS_ENV, "")
+# OpenCV reads the options from the environment inside open(). Setting the variable and opening must
+# happen together, or two cameras with different transports could swap options. OpenCV already holds
+# a process-wide mutex for the whole of open(), so this lock adds no wait that was not there.
+_FFMPEG_OPEN_LOCK = threading.Lock()
+
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    # OpenCV's own warnings ("Stream timeout triggered", "can't be used to capture by name") name no
+    # camera; our log lines say the same with the camera name. OPENCV_LOG_LEVEL=WARNING brings them back.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 class CameraState(str, Enum):
     STARTING = "starting"
     ONLINE = "online"
     OFFLINE = "offline"
-    ENDED = "ended"  # a file that reached its end and does not loop
+    ENDED = "ended"  # a file that reached its end (or could not be read) and does not loop
+    STOPPED = "stopped"  # the daemon shut down
+    DISABLED = "disabled"  # enabled: false in the config
 
 
 @dataclass(frozen=True)
 class CameraStatus:
-    """A camera's state change, as reported to the publisher. ``last_error`` is redacted."""
+    """A camera's state change, as reported to the publisher.
+
+    ``reconnect_attempts`` counts failed attempts since frames last flowed; ``reconnects`` every
+    attempt since start. ``last_error`` is redacted. ``changed_at`` is epoch seconds.
+    """
 
     camera: str
     state: CameraState
     reason: str = ""
     reconnect_attempts: int = 0
     last_error: str = ""
+    reconnects: int = 0
+    changed_at: float = field(default_factory=time.time)
+
+    def detail(self) -> dict:
+        """The JSON body of ``<prefix>/<camera>/status/detail``."""
+        return {
+            "camera": self.camera,
+            "state": self.state.value,
+            "reason": self.reason,
+            "reconnect_attempts": self.reconnect_attempts,
+            "reconnects": self.reconnects,
+            "last_error": redact(self.last_error),
+            "since": round(self.changed_at, 3),
+        }
 
 
 StatusCallback = Callable[[CameraStatus], None]
 
 
-def open_capture(source: int | str, open_timeout_s: float, read_timeout_s: float) -> cv2.VideoCapture:
-    """Open a source with the FFmpeg backend for files and URLs, where the timeouts apply."""
+def ffmpeg_capture_options(rtsp_transport: str, user_options: str = "") -> str:
+    """The ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` value for one camera: its transport plus the user's options."""
+    pairs = [p for p in user_options.split("|") if p and not p.startswith("rtsp_transport;")]
+    return "|".join([f"rtsp_transport;{rtsp_transport}", *pairs])
+
+
+def open_capture(
+    source: int | str, open_timeout_s: float, read_timeout_s: float, rtsp_transport: str = "tcp"
+) -> cv2.VideoCapture:
+    """Open a source with the FFmpeg backend for files and URLs, where the timeouts (seconds) apply."""
     if isinstance(source, int):
         return cv2.VideoCapture(source)
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
     ]
-    return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+    options = ffmpeg_capture_options(rtsp_transport, _USER_FFMPEG_OPTIONS)
+    with _FFMPEG_OPEN_LOCK:
+        if os.environ.get(_FFMPEG_OPTIONS_ENV) != options:
+            os.environ[_FFMPEG_OPTIONS_ENV] = options
+        return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+
+
+def probe_stream(url: str, timeout_s: float) -> str | None:
+    """Check that an rtsp:// or http:// server answers like one, within ``timeout_s`` seconds.
+
+    Returns None when it does (or for schemes it cannot check), else why not, without
+    credentials. Runs before OpenCV's open(), which would hold a process-wide mutex while a
+    silent server makes it wait.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("rtsp", "http") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (554 if scheme == "rtsp" else 80)
+    except ValueError:
+        return f"invalid port in {redact(url)}"
+    host = parts.hostname
+    where = f"{host}:{port}"
+    target = f"{scheme}://{where}{parts.path or '/'}" + (f"?{parts.query}" if parts.query else "")
+    if scheme == "rtsp":
+        request = f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: streamclf\r\n\r\n"
+        expected, kind = b"RTSP/", "RTSP"
+    else:
+        request = f"GET {parts.path or '/'} HTTP/1.0\r\nHost: {where}\r\nUser-Agent: streamclf\r\n\r\n"
+        expected, kind = b"HTTP/", "HTTP"
+    deadline = time.monotonic() + timeout_s
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except socket.timeout:
+        return f"no TCP connection to {where} within {timeout_s:g} s"
+    except OSError as exc:
+        return f"cannot connect to {where}: {exc.strerror or exc}"
+    with sock:
+        try:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            sock.sendall(request.encode())
+            reply = sock.recv(64)
+        except socket.timeout:
+            return f"{where} accepted the connection but sent nothing within {timeout_s:g} s"
+        except OSError as exc:
+            return f"{where} failed while answering: {exc.strerror or exc}"
+    if not reply:
+        return f"{where} closed the connection without answering"
+    if not reply.startswith(expected):
+        return f"{where} is not an {kind} server (it answered {reply[:24]!r})"
+    return None
 
 
 class Camera:
@@ -75,9 +183,12 @@ class Camera:
         self._on_status = on_status
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run_guarded, name=f"camera-{name}", daemon=True)
+        self._state_lock = threading.RLock()  # this camera's own; never shared with another camera
         self.state = CameraState.STARTING
         self.frames_read = 0
         self.frames_sampled = 0
+        self.reconnects = 0  # failed attempts and stalls since start
+        self.last_status = CameraStatus(name, CameraState.STARTING, "starting")
 
     def start(self) -> None:
         self._thread.start()
@@ -94,14 +205,16 @@ class Camera:
         return self.state is CameraState.ENDED or not self._thread.is_alive() and self._thread.ident is not None
 
     def _set_state(self, state: CameraState, reason: str = "", attempts: int = 0, error: str = "") -> None:
-        if state is self.state and state is not CameraState.OFFLINE:
-            return
-        self.state = state
-        status = CameraStatus(self.name, state, reason, attempts, redact(error))
-        try:
-            self._on_status(status)
-        except Exception:  # a failing listener must not kill capture
-            log.exception("camera %s: status listener failed", self.name)
+        with self._state_lock:
+            if state is self.state and state is not CameraState.OFFLINE:
+                return
+            self.state = state
+            status = CameraStatus(self.name, state, reason, attempts, redact(error), self.reconnects)
+            self.last_status = status
+            try:
+                self._on_status(status)
+            except Exception:  # a failing listener must not kill capture
+                log.exception("camera %s: status listener failed", self.name)
 
     def _run_guarded(self) -> None:
         try:
@@ -119,26 +232,42 @@ class Camera:
 
 
 class FileCamera(Camera):
-    """A video file, sampled at ``fps`` by media time; ends at end of file unless ``loop``."""
+    """A video file, sampled at ``fps`` by media time; ends at end of file unless ``loop``.
+
+    A file that cannot be read is not retried (it will not change by itself): the camera is
+    marked ended with the reason, and the other cameras go on.
+    """
 
     def _run(self) -> None:
         pass_offset_s = 0.0  # media time added per loop pass, so frame_time keeps increasing
         index_offset = 0
+        where = redact(str(self.source))
         while not self._stop.is_set():
-            cap = open_capture(self.source, 10.0, 10.0)
+            cap = open_capture(self.source, self.cfg.open_timeout_s, self.cfg.read_timeout_s)
             if not cap.isOpened():
-                log.error("camera %s: cannot open video file %s", self.name, redact(str(self.source)))
-                self._set_state(CameraState.ENDED, "cannot open file", error=f"cannot open {self.source}")
+                if not os.path.exists(str(self.source)):
+                    reason, err = "file not found", f"{where} does not exist"
+                else:
+                    reason, err = "cannot decode file", f"{where} is not a video OpenCV/FFmpeg can read (corrupt or truncated?)"
+                log.error("camera %s: %s", self.name, err)
+                self._set_state(CameraState.ENDED, reason, error=err)
                 return
             src_fps = cap.get(cv2.CAP_PROP_FPS)
             if not src_fps or src_fps != src_fps or src_fps > 1000:
                 src_fps = 25.0
                 log.warning("camera %s: file reports no frame rate; assuming %.0f fps", self.name, src_fps)
+            expected = cap.get(cv2.CAP_PROP_FRAME_COUNT)
             n, duration = self._read_pass(cap, src_fps, pass_offset_s, index_offset)
             cap.release()
             if n == 0:
-                log.error("camera %s: %s has no decodable frames", self.name, redact(str(self.source)))
-                self._set_state(CameraState.ENDED, "no decodable frames", error="no decodable frames")
+                err = f"{where} has no decodable frames"
+                log.error("camera %s: %s", self.name, err)
+                self._set_state(CameraState.ENDED, "no decodable frames", error=err)
+                return
+            if not self._stop.is_set() and expected and expected == expected and n < expected - 1:
+                err = f"{where} ended after {n} of {int(expected)} frames: truncated or corrupt"
+                log.error("camera %s: %s", self.name, err)
+                self._set_state(CameraState.ENDED, "file truncated or corrupt", error=err)
                 return
             if not self.cfg.loop or self._stop.is_set():
                 break
@@ -183,59 +312,170 @@ class FileCamera(Camera):
         return i, i / src_fps
 
 
-class LiveCamera(Camera):
-    """An RTSP/HTTP stream or a webcam: reconnects with exponential backoff, newest frame wins."""
+OpenSource = Callable[[int | str, float, float, str], cv2.VideoCapture]
+ProbeSource = Callable[[str, float], "str | None"]
 
-    open_timeout_s = 10.0
-    read_timeout_s = 10.0
-    backoff_initial_s = 1.0
-    backoff_max_s = 30.0
+
+class _Attempt:
+    """One open-and-read attempt of a live source, run by its own reader thread.
+
+    The reader writes the progress fields; the camera's supervisor reads them to decide
+    whether the attempt is stuck. ``abandoned`` tells a reader that the supervisor has
+    given up on it: it must not deliver frames or report state any more.
+    """
+
+    def __init__(self) -> None:
+        self.phase = "probing"  # probing -> opening -> reading
+        self.phase_since = time.monotonic()
+        self.last_frame: float | None = None  # time.monotonic() of the newest frame
+        self.frames = 0
+        self.reason = ""
+        self.error = ""
+        self.done = threading.Event()
+        self.abandoned = threading.Event()
+
+    def enter(self, phase: str) -> None:
+        self.phase, self.phase_since = phase, time.monotonic()
+
+    def fail(self, reason: str, error: str) -> None:
+        self.reason, self.error = reason, error
+
+
+class LiveCamera(Camera):
+    """An RTSP/HTTP stream or a webcam: watchdog, reconnects with exponential backoff, newest frame wins.
+
+    ``open_source`` and ``probe`` are injectable so tests can pass a capture that hangs.
+    """
+
+    watch_interval_s = 0.1
+
+    def __init__(
+        self, name: str, cfg: CameraConfig, batcher: Batcher, on_status: StatusCallback, source: int | str,
+        open_source: OpenSource = open_capture, probe: ProbeSource = probe_stream,
+    ):
+        super().__init__(name, cfg, batcher, on_status, source)
+        self._open_source = open_source
+        self._probe = probe
+        self._current: _Attempt | None = None
+        self._abandoned_readers: list[threading.Thread] = []
 
     def _run(self) -> None:
-        attempts = 0
-        backoff = self.backoff_initial_s
+        attempts = 0  # failed attempts since frames last flowed
+        backoff = self.cfg.reconnect_backoff_initial_s
+        last_problem = None
         while not self._stop.is_set():
-            cap = open_capture(self.source, self.open_timeout_s, self.read_timeout_s)
-            if not cap.isOpened():
-                attempts += 1
-                err = f"cannot open {redact(str(self.source))}"
-                log.warning("camera %s: %s (attempt %d); retrying in %.0f s", self.name, err, attempts, backoff)
-                self._set_state(CameraState.OFFLINE, "cannot open stream", attempts, err)
-            else:
-                got_frames = self._read_until_failure(cap, attempts)
-                cap.release()
-                if self._stop.is_set():
-                    break
-                if got_frames:
-                    attempts, backoff = 0, self.backoff_initial_s
-                attempts += 1
-                err = "stream ended or stopped delivering frames"
-                log.warning("camera %s: %s; reconnecting in %.0f s", self.name, err, backoff)
-                self._set_state(CameraState.OFFLINE, err, attempts, err)
+            attempt = _Attempt()
+            reader = threading.Thread(
+                target=self._read_attempt, args=(attempt, attempts), name=f"camera-{self.name}-reader", daemon=True
+            )
+            with self._state_lock:
+                self._current = attempt
+            reader.start()
+            stuck = self._watch(attempt)
+            if stuck:
+                self._abandon(attempt, reader)
+            if self._stop.is_set():
+                attempt.abandoned.set()
+                reader.join(0.2)  # a reader blocked in OpenCV is left behind; it is a daemon thread
+                break
+            if attempt.frames:  # it worked for a while: start counting (and backing off) afresh
+                attempts, backoff, last_problem = 0, self.cfg.reconnect_backoff_initial_s, None
+            attempts += 1
+            self.reconnects += 1
+            problem = (attempt.reason, attempt.error)
+            # Logged once per distinct problem, so a camera that stays down does not flood the log.
+            level = logging.WARNING if problem != last_problem else logging.DEBUG
+            log.log(level, "camera %s: %s: %s (attempt %d); retrying in %.1f s",
+                    self.name, attempt.reason, redact(attempt.error), attempts, backoff)
+            last_problem = problem
+            with self._state_lock:
+                self._current = None
+                self._set_state(CameraState.OFFLINE, attempt.reason, attempts, attempt.error)
             if self._stop.wait(backoff):
                 break
-            backoff = min(backoff * 2, self.backoff_max_s)
+            backoff = min(backoff * 2, self.cfg.reconnect_backoff_max_s)
 
-    def _read_until_failure(self, cap: cv2.VideoCapture, attempts: int) -> bool:
+    def _watch(self, attempt: _Attempt) -> bool:
+        """Wait for the attempt to end; True if the watchdog gave up on it (stalled or hung opening)."""
+        stall_s = self.cfg.stall_timeout_s
+        # FFmpeg's own timeout should end an open long before this; it is the backstop for builds where it does not.
+        open_limit_s = self.cfg.open_timeout_s + stall_s
+        while not attempt.done.wait(self.watch_interval_s):
+            if self._stop.is_set():
+                return False
+            now = time.monotonic()
+            if attempt.phase == "reading":
+                quiet = now - (attempt.last_frame or attempt.phase_since)
+                if quiet > stall_s:
+                    attempt.fail("stalled", f"no frame for {quiet:.1f} s (stall_timeout_s {stall_s:g})")
+                    return True
+            elif now - attempt.phase_since > open_limit_s:
+                attempt.fail("open hung", f"{attempt.phase} did not return within {open_limit_s:g} s")
+                return True
+        return False
+
+    def _abandon(self, attempt: _Attempt, reader: threading.Thread) -> None:
+        attempt.abandoned.set()
+        self._abandoned_readers = [t for t in self._abandoned_readers if t.is_alive()]
+        if reader.is_alive():
+            self._abandoned_readers.append(reader)
+        if len(self._abandoned_readers) > 1:
+            log.warning("camera %s: %d abandoned capture(s) still blocked inside OpenCV",
+                        self.name, len(self._abandoned_readers))
+
+    def _read_attempt(self, attempt: _Attempt, attempts: int) -> None:
+        cap = None
+        try:
+            source = self.source
+            if isinstance(source, str):
+                problem = self._probe(source, self.cfg.open_timeout_s)
+                if problem:
+                    attempt.fail("cannot connect", problem)
+                    return
+            attempt.enter("opening")
+            cap = self._open_source(source, self.cfg.open_timeout_s, self.cfg.read_timeout_s, self.cfg.rtsp_transport)
+            if attempt.abandoned.is_set():
+                return
+            if not cap.isOpened():
+                attempt.fail("cannot open stream", f"OpenCV/FFmpeg could not open {redact(str(source))}")
+                return
+            attempt.enter("reading")
+            self._read_frames(cap, attempt, attempts)
+        except Exception as exc:  # one camera's failure must never escape its thread
+            attempt.fail("capture failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            if cap is not None:
+                cap.release()
+            attempt.done.set()
+
+    def _read_frames(self, cap: cv2.VideoCapture, attempt: _Attempt, attempts: int) -> None:
         period = 1.0 / self.cfg.fps
         next_due = time.time()
-        got_any = False
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not attempt.abandoned.is_set():
             ok, bgr = cap.read()
+            if self._stop.is_set() or attempt.abandoned.is_set():
+                return
             if not ok or bgr is None:
-                return got_any
+                if attempt.frames:
+                    attempt.fail("stream lost", "read failed: the stream ended, timed out or sent undecodable data")
+                else:
+                    attempt.fail("no frames", "opened, but no frame could be read or decoded")
+                return
             now = time.time()
+            attempt.last_frame = time.monotonic()
+            attempt.frames += 1
             self.frames_read += 1
-            if not got_any:
-                got_any = True
-                log.info("camera %s: receiving frames (%dx%d)", self.name, bgr.shape[1], bgr.shape[0])
-                self._set_state(CameraState.ONLINE, "receiving frames", attempts)
+            if attempt.frames == 1:
+                with self._state_lock:
+                    if attempt.abandoned.is_set() or attempt is not self._current:
+                        return
+                    log.info("camera %s: receiving frames (%dx%d)", self.name, bgr.shape[1], bgr.shape[0])
+                    self._set_state(CameraState.ONLINE, "receiving frames", attempts)
             if now + 1e-6 < next_due:
                 continue
             next_due = max(next_due + period, now)
             self.frames_sampled += 1
             self.batcher.put(self._frame(bgr, self.frames_sampled - 1, now), DropPolicy.LATEST_PER_CAMERA)
-        return got_any
 
 
 def make_camera(

@@ -54,6 +54,7 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
     def on_signal(signum, frame):
         if stop.is_set() and signum == signal.SIGINT:
+            os.write(2, b"second SIGINT: exiting at once\n")  # no logging here: its locks are not signal-safe
             os._exit(130)
         log.info("received %s; shutting down", signal.Signals(signum).name)
         stop.set()

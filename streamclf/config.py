@@ -99,6 +99,28 @@ class CameraConfig(_Model):
     )
     loop: bool = Field(False, description="Files only: start again at the end instead of ending.")
     enabled: bool = Field(True, description="A disabled camera is not opened.")
+    # Reliability (see README "Reliability"): every camera fails and recovers on its own.
+    open_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="Longest an open (connect, RTSP handshake, first packets) may take, seconds."
+    )
+    read_timeout_s: float = Field(10.0, gt=0, le=600, description="Longest one read of a stream may block, seconds.")
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="RTSP media transport; TCP survives lossy links and NAT better."
+    )
+    reconnect_backoff_initial_s: float = Field(
+        1.0, gt=0, description="Wait before the first reconnect, seconds; doubles after each failed attempt."
+    )
+    reconnect_backoff_max_s: float = Field(30.0, gt=0, description="Cap on the reconnect wait, seconds.")
+    stall_timeout_s: float = Field(
+        20.0, gt=0, le=3600,
+        description="Live sources: reopen a stream that delivers no frame for this long, seconds. "
+        "Raise it for cameras that are legitimately quiet.",
+    )
+    max_frame_age_s: float | None = Field(
+        10.0, gt=0,
+        description="A frame older than this (seconds since capture) when its batch runs is dropped as stale; "
+        "null keeps every frame. Files with realtime: false are never dropped as stale.",
+    )
 
     @field_validator("source")
     @classmethod
@@ -106,6 +128,20 @@ class CameraConfig(_Model):
         if isinstance(v, str) and not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "CameraConfig":
+        if self.reconnect_backoff_max_s < self.reconnect_backoff_initial_s:
+            raise ValueError(
+                f"reconnect_backoff_max_s ({self.reconnect_backoff_max_s}) must be at least "
+                f"reconnect_backoff_initial_s ({self.reconnect_backoff_initial_s})"
+            )
+        return self
+
+    @property
+    def effective_max_frame_age_s(self) -> float | None:
+        """The stale limit that applies: none for files read as fast as possible, which drop nothing."""
+        return None if self.is_file and not self.realtime else self.max_frame_age_s
 
     @property
     def is_file(self) -> bool:

@@ -30,13 +30,17 @@ class Pipeline:
     """The running daemon. ``run()`` returns the process exit code."""
 
     shutdown_budget_s = 4.0  # everything after a stop request must fit in this (systemd waits 5 s)
+    drop_log_interval_s = 60.0  # drop counts are logged this often, when they changed
 
     def __init__(self, cfg: Config, classifier: ClipClassifier, base_dir: str | None = None):
         self.cfg = cfg
         self.classifier = classifier
         self.base_dir = base_dir
         self.stop_event = threading.Event()
-        self.batcher = Batcher(cfg.model.batch_size, cfg.model.max_batch_wait_ms / 1000.0)
+        self.batcher = Batcher(
+            cfg.model.batch_size, cfg.model.max_batch_wait_ms / 1000.0,
+            max_frame_age_by_camera={n: c.effective_max_frame_age_s for n, c in cfg.cameras.items()},
+        )
         self.publisher = MqttPublisher(cfg.mqtt)
         self.decider = ThresholdDecider(cfg.labels)
         self.label_set: LabelSet = self._encode_labels(cfg)
@@ -44,6 +48,8 @@ class Pipeline:
         self.classified = 0
         self.detections_published = 0
         self.last_progress = time.monotonic()
+        self._drops_logged: tuple[dict, int] = ({}, 0)
+        self._drops_logged_at = time.monotonic()
         self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._classification_listeners: list[Callable[[Classification], None]] = [self._publish_detections]
 
@@ -55,6 +61,27 @@ class Pipeline:
     def _on_camera_status(self, status: CameraStatus) -> None:
         online = status.state is CameraState.ONLINE
         self.publisher.set_retained(self.publisher.topic(status.camera, "status"), "online" if online else "offline")
+        self.publisher.set_retained(self.publisher.topic(status.camera, "status", "detail"), status.detail())
+
+    def drop_counts(self) -> dict[str, dict[str, int]]:
+        """Frames dropped so far: camera -> reason (stale, queue_full, superseded, decode_error) -> count.
+
+        MQTT messages dropped because the outage queue overflowed are ``publisher.dropped_overflow``.
+        """
+        return self.batcher.drop_counts()
+
+    def log_drops(self, force: bool = False) -> None:
+        """Log the drop counts if they changed since the last time (always with ``force`` when any)."""
+        now = (self.drop_counts(), self.publisher.dropped_overflow)
+        if now == self._drops_logged and not (force and (now[0] or now[1])):
+            return
+        self._drops_logged, self._drops_logged_at = now, time.monotonic()
+        for camera, reasons in sorted(now[0].items()):
+            counts = ", ".join(f"{reason}={n}" for reason, n in sorted(reasons.items()))
+            log.info("camera %s: frames dropped since start: %s", camera, counts)
+        if now[1]:
+            log.warning("MQTT: %d message(s) dropped since start because the outage queue was full "
+                        "(mqtt.max_queued_messages=%d)", now[1], self.cfg.mqtt.max_queued_messages)
 
     def _inference_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -78,6 +105,8 @@ class Pipeline:
                 except Exception:  # a failing sink is logged; the pipeline goes on
                     log.exception("camera %s: handling a classification failed", c.camera)
         self.last_progress = time.monotonic()
+        self._drops_logged: tuple[dict, int] = ({}, 0)
+        self._drops_logged_at = time.monotonic()
 
     def _publish_detections(self, c: Classification) -> None:
         now = time.time()
@@ -94,7 +123,8 @@ class Pipeline:
     def start(self) -> None:
         self.publisher.start()
         for name, cam_cfg in self.cfg.cameras.items():
-            self.publisher.set_retained(self.publisher.topic(name, "status"), "offline")
+            state = CameraState.STARTING if cam_cfg.enabled else CameraState.DISABLED
+            self._on_camera_status(CameraStatus(name, state, state.value))
             if not cam_cfg.enabled:
                 log.info("camera %s: disabled in the config", name)
                 continue
@@ -112,6 +142,9 @@ class Pipeline:
                 break
             if self._all_files_done():
                 self.batcher.close()
+            if time.monotonic() - self._drops_logged_at >= self.drop_log_interval_s:
+                self.log_drops()
+                self._drops_logged_at = time.monotonic()
         ended_by_files = not self.stop_event.is_set()
         self.shutdown()
         if ended_by_files:
@@ -130,7 +163,13 @@ class Pipeline:
         if abandoned:
             log.info("abandoned %d pending frame(s) at shutdown", abandoned)
         for name in self.cfg.cameras:
-            self.publisher.set_retained(self.publisher.topic(name, "status"), "offline")
+            cam = self.cameras.get(name)
+            last = cam.last_status if cam else None
+            self._on_camera_status(CameraStatus(
+                name, CameraState.STOPPED, "streamclf stopped",
+                last.reconnect_attempts if last else 0, last.last_error if last else "", cam.reconnects if cam else 0,
+            ))
+        self.log_drops(force=True)
         self.publisher.stop(flush_timeout_s=max(0.5, deadline - time.monotonic() - 0.5))
         for cam in self.cameras.values():
             cam.join(0.05)

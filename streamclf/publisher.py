@@ -60,6 +60,7 @@ class MqttPublisher:
         self.dropped_overflow = 0
         self.published = 0
         self.connects = 0
+        self.refused = 0  # CONNACKs that refused us (bad credentials, not authorised)
         self.last_error = ""
         self._last_overflow_warning = 0.0
 
@@ -170,10 +171,13 @@ class MqttPublisher:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self.last_error = f"broker refused the connection: {reason_code}"
+            # Never treated as connected: nothing is sent, and paho retries with its backoff.
+            self.last_error = f"broker refused the connection: {reason_code} (reason code {reason_code.value})"
+            self.refused += 1
             log.error(
-                "MQTT broker %s:%d refused the connection: %s; retrying with backoff",
-                self.cfg.host, self.cfg.port, reason_code,
+                "MQTT broker %s:%d refused the connection: %s (reason code %d); check mqtt.username/password "
+                "and the broker's ACL; retrying with backoff",
+                self.cfg.host, self.cfg.port, reason_code, reason_code.value,
             )
             return
         self.connects += 1
