@@ -470,7 +470,10 @@ class LiveCamera(Camera):
                     if attempt.abandoned.is_set() or attempt is not self._current:
                         return
                     log.info("camera %s: receiving frames (%dx%d)", self.name, bgr.shape[1], bgr.shape[0])
-                    self._set_state(CameraState.ONLINE, "receiving frames", attempts)
+                    if attempts:
+                        log.info("camera %s: back online after %d failed attempt(s)", self.name, attempts)
+                    # The previous error stays in the detail for context; the attempt count starts afresh.
+                    self._set_state(CameraState.ONLINE, "receiving frames", 0, self.last_status.last_error)
             if now + 1e-6 < next_due:
                 continue
             next_due = max(next_due + period, now)

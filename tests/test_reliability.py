@@ -414,36 +414,45 @@ def test_broker_outage_delivers_everything_queued_and_counts_what_overflowed(tmp
                                                                              start_daemon):
     # 300 frames at 20 fps, paced like a camera and sampled at 10 fps: 150 detections over 15 s.
     video = colour_video(tmp_path / "v.avi", 300, fps=20)
-    with MosquittoBroker() as b, MqttCollector(b.host, b.port, f"{prefix}-+/#") as collector:
+    with MosquittoBroker() as b, MqttCollector(b.host, b.port, f"{prefix}/#") as collector:
         def run(name: str, max_queued: int):
-            cfg = base_config(tiny_clip_dir, b, f"{prefix}-{name}", {"cam": {"source": str(video), "fps": 10}},
-                              labels=one_label_per_frame(), mqtt={"max_queued_messages": max_queued})
+            cfg = base_config(tiny_clip_dir, b, f"{prefix}/{name}", {"cam": {"source": str(video), "fps": 10}},
+                              labels=one_label_per_frame(),
+                              # two daemons on one broker need their own client ids, or each connect evicts the other
+                              mqtt={"max_queued_messages": max_queued, "client_id": f"streamclf-{name}"})
             return start_daemon(cfg)
 
         roomy, small = run("roomy", 5000), run("small", 10)
         for name in ("roomy", "small"):
-            collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}-{name}/cam/detection")) >= 5, timeout=40)
+            collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/{name}/cam/detection")) >= 5, timeout=40)
 
+        before_outage = len(collector.all)
         b.stop()
         time.sleep(3)
         b.start()
         collector.wait_subscribed()  # before the daemons: paho's backoff has them retry 1, 2 and 4 s after the loss
         for name in ("roomy", "small"):
             # The broker forgot its retained messages (no persistence): streamclf publishes them again.
-            collector.wait_for(lambda m: any(t == f"{prefix}-{name}/available" and p == b"online"
-                                             for t, p, _ in m[-200:]), timeout=15)
-            assert read_retained(b.host, b.port, f"{prefix}-{name}/available") == b"online"
-            assert read_retained(b.host, b.port, f"{prefix}-{name}/cam/status") == b"online"
+            collector.wait_for(lambda m: any(t == f"{prefix}/{name}/available" and p == b"online"
+                                             for t, p, _ in m[before_outage:]), timeout=15)
+            assert read_retained(b.host, b.port, f"{prefix}/{name}/available") == b"online"
+            assert read_retained(b.host, b.port, f"{prefix}/{name}/cam/status") == b"online"
         assert roomy.wait(40) == 0 and small.wait(20) == 0, roomy.output + small.output
         time.sleep(0.5)
 
         def received(name):
-            return {d["frame_index"] for d in collector.json_messages(f"{prefix}-{name}/cam/detection")}
+            return {d["frame_index"] for d in collector.json_messages(f"{prefix}/{name}/cam/detection")}
+
+        def frames_dropped(output):  # a realtime file may lose a frame to a newer one when the CPU is busy
+            line = re.search(r"camera cam: frames dropped since start: (.*)", output)
+            return sum(int(n) for n in re.findall(r"=(\d+)", line.group(1))) if line else 0
 
         every = set(range(0, 300, 2))
-        assert received("roomy") == every  # nothing lost: QoS 1, held in the queue during the outage
-        assert "dropped" not in roomy.output
-        missing = len(every - received("small"))
+        # Every sampled frame is accounted for: delivered, or counted as a drop with its reason.
+        assert received("roomy") <= every
+        assert len(received("roomy")) + frames_dropped(roomy.output) == len(every)  # nothing lost to the outage
+        assert "outage queue was full" not in roomy.output
+        missing = len(every) - frames_dropped(small.output) - len(received("small"))
         assert missing > 10
         reported = re.search(r"MQTT: (\d+) message\(s\) dropped since start because the outage queue was full",
                              small.output)
@@ -461,8 +470,9 @@ def test_refused_connection_is_an_error_never_connected_and_a_second_sigint_exit
                           mqtt={"username": "streamclf", "password": "wrong"})
         daemon = start_daemon(cfg)
         wait_until(lambda: daemon.output.count("refused the connection") >= 2, 30, "two refused connections")
+        # mosquitto answers a wrong password with MQTT 3.1.1 code 5, which paho reports as 135.
         assert re.search(r"ERROR .*MQTT broker 127\.0\.0\.1:\d+ refused the connection: "
-                         r"Bad user name or password \(reason code 134\)", daemon.output)
+                         r"Not authorized \(reason code 135\)", daemon.output)
         assert "MQTT connected" not in daemon.output
         assert read_retained(b.host, b.port, f"{prefix}/available", username="streamclf", password="right") is None
         assert "wrong" not in daemon.output
