@@ -102,17 +102,31 @@ class CameraStatus:
 StatusCallback = Callable[[CameraStatus], None]
 
 
+# FFmpeg's default analyzeduration (5 s) makes every RTSP open take about 5 s on a low frame rate
+# stream, and opens run one at a time: with 1 s a reconnect is about 1.5 s. The user's own value wins.
+_DEFAULT_FFMPEG_OPTIONS = {"analyzeduration": "1000000"}
+
+
 def ffmpeg_capture_options(rtsp_transport: str, user_options: str = "") -> str:
-    """The ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` value for one camera: its transport plus the user's options."""
+    """The ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` value for one camera: its transport, the user's options, our defaults."""
     pairs = [p for p in user_options.split("|") if p and not p.startswith("rtsp_transport;")]
-    return "|".join([f"rtsp_transport;{rtsp_transport}", *pairs])
+    keys = {p.split(";", 1)[0] for p in pairs}
+    defaults = [f"{k};{v}" for k, v in _DEFAULT_FFMPEG_OPTIONS.items() if k not in keys]
+    return "|".join([f"rtsp_transport;{rtsp_transport}", *pairs, *defaults])
 
 
 def open_capture(
-    source: int | str, open_timeout_s: float, read_timeout_s: float, rtsp_transport: str = "tcp"
+    source: int | str, open_timeout_s: float, read_timeout_s: float, rtsp_transport: str = "tcp",
+    started: Callable[[], None] | None = None,
 ) -> cv2.VideoCapture:
-    """Open a source with the FFmpeg backend for files and URLs, where the timeouts (seconds) apply."""
+    """Open a source with the FFmpeg backend for files and URLs, where the timeouts (seconds) apply.
+
+    FFmpeg opens run one at a time (see the module docstring); ``started()`` is called when
+    this one's turn comes, so a watchdog can time the open itself rather than the queue.
+    """
     if isinstance(source, int):
+        if started:
+            started()
         return cv2.VideoCapture(source)
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
@@ -120,6 +134,8 @@ def open_capture(
     ]
     options = ffmpeg_capture_options(rtsp_transport, _USER_FFMPEG_OPTIONS)
     with _FFMPEG_OPEN_LOCK:
+        if started:
+            started()
         if os.environ.get(_FFMPEG_OPTIONS_ENV) != options:
             os.environ[_FFMPEG_OPTIONS_ENV] = options
         return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
@@ -312,7 +328,7 @@ class FileCamera(Camera):
         return i, i / src_fps
 
 
-OpenSource = Callable[[int | str, float, float, str], cv2.VideoCapture]
+OpenSource = Callable[..., cv2.VideoCapture]  # open_capture's signature
 ProbeSource = Callable[[str, float], "str | None"]
 
 
@@ -325,7 +341,7 @@ class _Attempt:
     """
 
     def __init__(self) -> None:
-        self.phase = "probing"  # probing -> opening -> reading
+        self.phase = "probing"  # probing -> queued (behind other cameras' opens) -> opening -> reading
         self.phase_since = time.monotonic()
         self.last_frame: float | None = None  # time.monotonic() of the newest frame
         self.frames = 0
@@ -409,7 +425,9 @@ class LiveCamera(Camera):
                 if quiet > stall_s:
                     attempt.fail("stalled", f"no frame for {quiet:.1f} s (stall_timeout_s {stall_s:g})")
                     return True
-            elif now - attempt.phase_since > open_limit_s:
+            elif attempt.phase != "queued" and now - attempt.phase_since > open_limit_s:
+                # Not while queued: that wait is OpenCV's one-open-at-a-time rule, and ends when the
+                # open ahead of us ends or is itself given up by FFmpeg.
                 attempt.fail("open hung", f"{attempt.phase} did not return within {open_limit_s:g} s")
                 return True
         return False
@@ -432,8 +450,9 @@ class LiveCamera(Camera):
                 if problem:
                     attempt.fail("cannot connect", problem)
                     return
-            attempt.enter("opening")
-            cap = self._open_source(source, self.cfg.open_timeout_s, self.cfg.read_timeout_s, self.cfg.rtsp_transport)
+            attempt.enter("queued")
+            cap = self._open_source(source, self.cfg.open_timeout_s, self.cfg.read_timeout_s, self.cfg.rtsp_transport,
+                                    started=lambda: attempt.enter("opening"))
             if attempt.abandoned.is_set():
                 return
             if not cap.isOpened():

@@ -81,7 +81,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     pipeline = Pipeline(cfg, classifier, base_dir=os.path.dirname(os.path.abspath(args.config)))
     _install_signal_handlers(pipeline.stop_event)
-    return pipeline.run()
+    rc = pipeline.run()
+    # Camera reader threads that are blocked inside OpenCV (a stalled read, a slow open) are abandoned,
+    # not joined. Normal interpreter finalisation would kill them mid-call, and unwinding through
+    # OpenCV's C++ aborts the process ("FATAL: exception not rethrown", SIGABRT) instead of exiting 0.
+    # Everything worth keeping is already flushed, so leave without finalising.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,7 +170,7 @@ def test_bad_reliability_settings_are_errors_with_their_key(camera_yaml, message
 
 
 def test_each_camera_transport_is_merged_into_the_users_ffmpeg_options():
-    assert ffmpeg_capture_options("tcp") == "rtsp_transport;tcp"
+    assert ffmpeg_capture_options("tcp") == "rtsp_transport;tcp|analyzeduration;1000000"
     assert ffmpeg_capture_options("udp", "rtsp_transport;tcp|analyzeduration;100000") == (
         "rtsp_transport;udp|analyzeduration;100000"
     )
@@ -231,7 +231,8 @@ def test_watchdog_reopens_a_stream_whose_read_never_returns():
     opened: list[HangingCapture] = []
     seen: list[CameraStatus] = []
 
-    def open_source(source, open_timeout_s, read_timeout_s, transport):
+    def open_source(source, open_timeout_s, read_timeout_s, transport, started):
+        started()
         opened.append(HangingCapture(5, unblock))
         return opened[-1]
 
@@ -263,7 +264,8 @@ def test_an_open_that_never_returns_is_abandoned_and_retried_with_capped_backoff
     never = threading.Event()
     calls: list[float] = []
 
-    def open_source(source, open_timeout_s, read_timeout_s, transport):
+    def open_source(source, open_timeout_s, read_timeout_s, transport, started):
+        started()
         calls.append(time.monotonic())
         if len(calls) == 1:
             never.wait()  # a hung open, beyond FFmpeg's timeout
@@ -412,8 +414,8 @@ def test_bad_sources_never_block_start_up_or_the_other_cameras(tmp_path, broker,
 @pytest.mark.slow
 def test_broker_outage_delivers_everything_queued_and_counts_what_overflowed(tmp_path, prefix, tiny_clip_dir,
                                                                              start_daemon):
-    # 300 frames at 20 fps, paced like a camera and sampled at 10 fps: 150 detections over 15 s.
-    video = colour_video(tmp_path / "v.avi", 300, fps=20)
+    # 240 frames at 20 fps, paced like a camera and sampled at 10 fps: 120 detections over 12 s.
+    video = colour_video(tmp_path / "v.avi", 240, fps=20)
     with MosquittoBroker() as b, MqttCollector(b.host, b.port, f"{prefix}/#") as collector:
         def run(name: str, max_queued: int):
             cfg = base_config(tiny_clip_dir, b, f"{prefix}/{name}", {"cam": {"source": str(video), "fps": 10}},
@@ -447,7 +449,7 @@ def test_broker_outage_delivers_everything_queued_and_counts_what_overflowed(tmp
             line = re.search(r"camera cam: frames dropped since start: (.*)", output)
             return sum(int(n) for n in re.findall(r"=(\d+)", line.group(1))) if line else 0
 
-        every = set(range(0, 300, 2))
+        every = set(range(0, 240, 2))
         # Every sampled frame is accounted for: delivered, or counted as a drop with its reason.
         assert received("roomy") <= every
         assert len(received("roomy")) + frames_dropped(roomy.output) == len(every)  # nothing lost to the outage
