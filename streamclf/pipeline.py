@@ -15,13 +15,16 @@ import threading
 import time
 from typing import Callable
 
+from streamclf.alerts import AlertPublisher
 from streamclf.batching import Batcher
 from streamclf.capture import Camera, CameraState, CameraStatus, FileCamera, make_camera
 from streamclf.classifier import ClipClassifier, LabelSet
 from streamclf.config import Config
-from streamclf.decisions import ThresholdDecider
+from streamclf.decisions import AlertDecider
 from streamclf.entities import Classification, Frame
 from streamclf.publisher import MqttPublisher
+from streamclf.snapshots import SnapshotWriter
+from streamclf.zones import ZoneCropper
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,15 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.batcher = Batcher(cfg.model.batch_size, cfg.model.max_batch_wait_ms / 1000.0)
         self.publisher = MqttPublisher(cfg.mqtt)
-        self.decider = ThresholdDecider(cfg.labels)
+        self.decider = AlertDecider(cfg)
+        self.zones = ZoneCropper(cfg.cameras)
+        self.snapshots = SnapshotWriter(
+            cfg.events.snapshots, lambda topic, jpeg: self.publisher.set_retained(topic, jpeg, qos=cfg.mqtt.qos), base_dir
+        )
+        self.alerts = AlertPublisher(self.publisher, cfg, self.snapshots)
         self.label_set: LabelSet = self._encode_labels(cfg)
         self.cameras: dict[str, Camera] = {}
         self.classified = 0
-        self.detections_published = 0
         self.last_progress = time.monotonic()
         self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
         self._classification_listeners: list[Callable[[Classification], None]] = [self._publish_detections]
@@ -66,12 +73,18 @@ class Pipeline:
             self._classify(batch)
 
     def _classify(self, batch: list[Frame]) -> None:
-        embeddings = self.classifier.embed_images([f.image for f in batch])
+        items = self.zones.expand(batch)  # one image per zone (or per frame), all in one model call
+        self.classified += len(batch)
+        if not items:
+            self.last_progress = time.monotonic()
+            return
+        embeddings = self.classifier.embed_images([item.image for item in items])
         label_set = self.label_set  # one consistent label set per batch, even if it is swapped meanwhile
-        subsets = [self.cfg.labels_for(f.camera) for f in batch]
-        for frame, scores in zip(batch, self.classifier.score(embeddings, label_set, subsets)):
-            c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic, scores)
-            self.classified += 1
+        subsets = [self.cfg.labels_for(item.frame.camera) for item in items]
+        for item, scores in zip(items, self.classifier.score(embeddings, label_set, subsets)):
+            frame = item.frame
+            c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic, scores,
+                               zone=item.zone, image=item.image)
             for listener in self._classification_listeners:
                 try:
                     listener(c)
@@ -80,10 +93,12 @@ class Pipeline:
         self.last_progress = time.monotonic()
 
     def _publish_detections(self, c: Classification) -> None:
-        now = time.time()
-        for d in self.decider.detections(c):
-            self.publisher.publish(self.publisher.topic(d.camera, "detection"), d.payload(now), qos=self.cfg.mqtt.qos)
-            self.detections_published += 1
+        """Decide (thresholds, hysteresis, events) and publish detections, states, events, snapshots."""
+        self.alerts.publish(self.decider.observe(c))
+
+    @property
+    def detections_published(self) -> int:
+        return self.alerts.detections_published
 
     def _all_files_done(self) -> bool:
         cams = list(self.cameras.values())
@@ -93,6 +108,9 @@ class Pipeline:
 
     def start(self) -> None:
         self.publisher.start()
+        self.snapshots.start()
+        # Known OFF before the first frame: a retained ON from an earlier run would be stale.
+        self.alerts.publish_states(self.decider.initial_states())
         for name, cam_cfg in self.cfg.cameras.items():
             self.publisher.set_retained(self.publisher.topic(name, "status"), "offline")
             if not cam_cfg.enabled:
@@ -129,6 +147,9 @@ class Pipeline:
         abandoned = self.batcher.discard_pending()
         if abandoned:
             log.info("abandoned %d pending frame(s) at shutdown", abandoned)
+        # Every start gets its end: open events end now and their labels turn OFF.
+        self.alerts.publish(self.decider.finish())
+        self.snapshots.stop(timeout_s=max(0.0, min(0.5, deadline - time.monotonic() - 1.0)))
         for name in self.cfg.cameras:
             self.publisher.set_retained(self.publisher.topic(name, "status"), "offline")
         self.publisher.stop(flush_timeout_s=max(0.5, deadline - time.monotonic() - 0.5))
