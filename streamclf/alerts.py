@@ -74,10 +74,9 @@ class AlertPublisher:
             return
         p = self.publisher
         levels = state_topic_levels(event.camera, event.zone, event.label)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(event.start_time))
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{now % 1:.3f}"[1:]
         stem = "-".join((stamp, *levels, event.type.value, event.id.rsplit("-", 1)[-1]))
-        if event.type is EventType.UPDATE:
-            stem += f"-{int(time.time() * 1000) % 1_000_000:06d}"  # several updates per event
         self.snapshots.submit(SnapshotRequest(image, p.topic(*levels, "snapshot") if snap.mqtt else None, stem))
 
 

@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 from streamclf.config import Config, LabelConfig
 from streamclf.entities import Classification, Detection
@@ -370,12 +370,3 @@ class AlertDecider:
         with self._lock:
             return [key for key, st in self._states.items() if st.on]
 
-
-def merge(decisions: Iterable[Decisions]) -> Decisions:
-    """Concatenate several Decisions, keeping their order."""
-    d, s, e = [], [], []
-    for x in decisions:
-        d += x.detections
-        s += x.state_changes
-        e += x.events
-    return Decisions(tuple(d), tuple(s), tuple(e))

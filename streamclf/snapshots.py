@@ -126,6 +126,10 @@ class SnapshotWriter:
             self.published += 1
         if self.directory is not None:
             path = self.directory / f"{request.file_stem}.jpg"
+            n = 1
+            while path.exists():  # two snapshots of one event within a millisecond: never overwrite
+                path = self.directory / f"{request.file_stem}-{n}.jpg"
+                n += 1
             tmp = path.with_suffix(".jpg.tmp")  # readers never see half a file
             tmp.write_bytes(jpeg)
             os.replace(tmp, path)

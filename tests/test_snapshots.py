@@ -96,3 +96,13 @@ def test_a_full_queue_drops_the_oldest_and_a_failure_stays_local(tmp_path):
     _wait(lambda: len(delivered) == 4)
     writer.stop()
     assert delivered == ["t/0", "t/2", "t/3", "t/4"] and writer.failed == 1
+
+
+def test_the_same_file_stem_twice_makes_two_files(tmp_path):
+    writer = SnapshotWriter(SnapshotConfig(directory=str(tmp_path), max_files=5), lambda t, j: None)
+    writer.start()
+    for _ in range(3):
+        writer.submit(SnapshotRequest(np.zeros((8, 8, 3), np.uint8), None, "same"))
+    _wait(lambda: writer.written == 3)
+    writer.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same-1.jpg", "same-2.jpg", "same.jpg"]
