@@ -80,6 +80,7 @@ class SnapshotWriter:
         self.published = 0
         self.dropped_oldest = 0
         self.failed = 0
+        self._last_drop_warning = 0.0
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
 
     def start(self) -> None:
@@ -100,7 +101,11 @@ class SnapshotWriter:
             if len(self._pending) >= self.queue_size:
                 self._pending.popleft()
                 self.dropped_oldest += 1
-                log.warning("snapshot queue full; dropped the oldest pending snapshot (%d so far)", self.dropped_oldest)
+                now = time.monotonic()
+                if now - self._last_drop_warning > 10:  # a burst of events must not flood the log
+                    self._last_drop_warning = now
+                    log.warning("snapshot queue full; dropping the oldest pending snapshots, %d so far",
+                                self.dropped_oldest)
             self._pending.append(request)
             self._cond.notify()
 
