@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
-from streamclf.batching import Batcher
+from streamclf.batching import Batcher, DropReason
 from streamclf.capture import Camera, CameraState, CameraStatus, FileCamera, make_camera
 from streamclf.classifier import ClipClassifier, LabelSet
-from streamclf.config import Config
+from streamclf.config import Config, LabelConfig
+from streamclf.control import Controller
 from streamclf.decisions import ThresholdDecider
 from streamclf.entities import Classification, Frame
+from streamclf.homeassistant import HomeAssistantDiscovery
 from streamclf.publisher import MqttPublisher
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,15 @@ class Pipeline:
         self.detections_published = 0
         self.last_progress = time.monotonic()
         self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
-        self._classification_listeners: list[Callable[[Classification], None]] = [self._publish_detections]
+        self._classification_listeners: list[Callable[[Classification], None]] = [
+            self._publish_detections, self._publish_top_label
+        ]
+        # Held while a batch is scored and decided: labels and thresholds change only between two batches.
+        self._labels_lock = threading.Lock()
+        self._paused_cameras: set[str] = set()
+        self._top_labels: dict[str, str] = {}
+        self.discovery = HomeAssistantDiscovery(cfg, self.publisher)
+        self.control = Controller(self, self.publisher, on_labels_changed=self.discovery.announce)
 
     def _encode_labels(self, cfg: Config) -> LabelSet:
         return self.classifier.encode_labels({n: lc.prompts_for(n) for n, lc in cfg.labels.items()})
@@ -66,24 +76,87 @@ class Pipeline:
             self._classify(batch)
 
     def _classify(self, batch: list[Frame]) -> None:
+        batch = self._without_paused(batch)
+        if not batch:
+            return
         embeddings = self.classifier.embed_images([f.image for f in batch])
-        label_set = self.label_set  # one consistent label set per batch, even if it is swapped meanwhile
-        subsets = [self.cfg.labels_for(f.camera) for f in batch]
-        for frame, scores in zip(batch, self.classifier.score(embeddings, label_set, subsets)):
-            c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic, scores)
-            self.classified += 1
-            for listener in self._classification_listeners:
-                try:
-                    listener(c)
-                except Exception:  # a failing sink is logged; the pipeline goes on
-                    log.exception("camera %s: handling a classification failed", c.camera)
+        with self._labels_lock:  # one consistent label set, label lists and thresholds per batch
+            label_set = self.label_set
+            subsets = [self.cfg.labels_for(f.camera) for f in batch]
+            for frame, scores in zip(batch, self.classifier.score(embeddings, label_set, subsets)):
+                c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic, scores)
+                self.classified += 1
+                for listener in self._classification_listeners:
+                    try:
+                        listener(c)
+                    except Exception:  # a failing sink is logged; the pipeline goes on
+                        log.exception("camera %s: handling a classification failed", c.camera)
         self.last_progress = time.monotonic()
+
+    def _without_paused(self, batch: list[Frame]) -> list[Frame]:
+        paused = self._paused_cameras
+        if not paused:
+            return batch
+        for f in batch:
+            if f.camera in paused:
+                self.batcher.count_drop(f.camera, DropReason.CAMERA_DISABLED)
+        return [f for f in batch if f.camera not in paused]
 
     def _publish_detections(self, c: Classification) -> None:
         now = time.time()
         for d in self.decider.detections(c):
             self.publisher.publish(self.publisher.topic(d.camera, "detection"), d.payload(now), qos=self.cfg.mqtt.qos)
             self.detections_published += 1
+
+    def _publish_top_label(self, c: Classification) -> None:
+        top = c.top_label
+        if top is not None and self._top_labels.get(c.camera) != top:  # on change only
+            self._top_labels[c.camera] = top
+            self.publisher.set_retained(self.publisher.topic(c.camera, "top_label"), top)
+
+    # -- runtime control (streamclf/control.py calls these; see ControlTarget) ----
+
+    def camera_enabled(self, camera: str) -> bool:
+        """True if ``camera`` is enabled in the config and not paused at runtime."""
+        return self.cfg.cameras[camera].enabled and camera not in self._paused_cameras
+
+    def set_camera_enabled(self, camera: str, enabled: bool) -> None:
+        """Pause or resume classification of ``camera``.
+
+        A paused camera keeps capturing, so its status stays true and resuming is immediate; its
+        frames are dropped before the model and counted as ``camera_disabled`` drops.
+        """
+        if camera not in self.cfg.cameras:
+            raise KeyError(camera)
+        paused = set(self._paused_cameras)
+        (paused.discard if enabled else paused.add)(camera)
+        self._paused_cameras = paused  # swapped whole: the inference thread reads it without a lock
+
+    def threshold(self, camera: str, label: str) -> float:
+        """The threshold (0..1) in force for ``label`` on ``camera``."""
+        return self.decider.threshold(camera, label)
+
+    def set_threshold(self, camera: str, label: str, threshold: float) -> None:
+        """Set ``label``'s threshold (0..1) on ``camera``, from the next batch on."""
+        with self._labels_lock:
+            self.decider.set_threshold(camera, label, threshold)
+
+    def replace_labels(self, labels: Mapping[str, LabelConfig]) -> Config:
+        """Switch to a new label set between two batches, without dropping frames; returns the new config.
+
+        Raises ValueError when a camera's label list would become invalid. The text embeddings are
+        computed before the switch, while batches go on with the old labels.
+        """
+        new_cfg = self.cfg.model_copy(update={"labels": dict(labels)})
+        problems = new_cfg.cross_check_problems()
+        if problems:
+            raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+        label_set = self._encode_labels(new_cfg)
+        with self._labels_lock:
+            self.cfg = new_cfg
+            self.label_set = label_set
+            self.decider.update_labels(new_cfg.labels)
+        return new_cfg
 
     def _all_files_done(self) -> bool:
         cams = list(self.cameras.values())
@@ -92,6 +165,9 @@ class Pipeline:
     # -- lifecycle --------------------------------------------------------------
 
     def start(self) -> None:
+        # Subscriptions and retained state first, so that they are all in place on the first connect.
+        self.discovery.start()
+        self.control.start()
         self.publisher.start()
         for name, cam_cfg in self.cfg.cameras.items():
             self.publisher.set_retained(self.publisher.topic(name, "status"), "offline")
@@ -121,6 +197,7 @@ class Pipeline:
     def shutdown(self) -> None:
         deadline = time.monotonic() + self.shutdown_budget_s
         self.stop_event.set()
+        self.control.stop(timeout_s=0.5)
         for cam in self.cameras.values():
             cam.stop()
         self.batcher.close()
