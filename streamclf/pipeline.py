@@ -76,11 +76,14 @@ class Pipeline:
             self._classify(batch)
 
     def _classify(self, batch: list[Frame]) -> None:
-        batch = self._without_paused(batch)
+        batch = [batch[i] for i in self._unpaused(batch)]
         if not batch:
             return
         embeddings = self.classifier.embed_images([f.image for f in batch])
         with self._labels_lock:  # one consistent label set, label lists and thresholds per batch
+            keep = self._unpaused(batch)  # again: a camera may have been paused while the batch was embedded
+            if len(keep) < len(batch):
+                batch, embeddings = [batch[i] for i in keep], embeddings[keep]
             label_set = self.label_set
             subsets = [self.cfg.labels_for(f.camera) for f in batch]
             for frame, scores in zip(batch, self.classifier.score(embeddings, label_set, subsets)):
@@ -93,14 +96,16 @@ class Pipeline:
                         log.exception("camera %s: handling a classification failed", c.camera)
         self.last_progress = time.monotonic()
 
-    def _without_paused(self, batch: list[Frame]) -> list[Frame]:
+    def _unpaused(self, batch: list[Frame]) -> list[int]:
+        """Indexes of the frames whose camera is not paused; the others are counted as dropped."""
         paused = self._paused_cameras
-        if not paused:
-            return batch
-        for f in batch:
+        keep = []
+        for i, f in enumerate(batch):
             if f.camera in paused:
                 self.batcher.count_drop(f.camera, DropReason.CAMERA_DISABLED)
-        return [f for f in batch if f.camera not in paused]
+            else:
+                keep.append(i)
+        return keep
 
     def _publish_detections(self, c: Classification) -> None:
         now = time.time()
@@ -128,9 +133,10 @@ class Pipeline:
         """
         if camera not in self.cfg.cameras:
             raise KeyError(camera)
-        paused = set(self._paused_cameras)
-        (paused.discard if enabled else paused.add)(camera)
-        self._paused_cameras = paused  # swapped whole: the inference thread reads it without a lock
+        with self._labels_lock:  # so that no frame of a batch scored after this returns is published
+            paused = set(self._paused_cameras)
+            (paused.discard if enabled else paused.add)(camera)
+            self._paused_cameras = paused  # swapped whole: read without the lock before embedding
 
     def threshold(self, camera: str, label: str) -> float:
         """The threshold (0..1) in force for ``label`` on ``camera``."""
