@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Annotated, Literal, Mapping, Protocol
+from typing import Annotated, Callable, Literal, Mapping, Protocol
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -33,6 +33,8 @@ from streamclf.retained import OwnedRetainedTopics
 log = logging.getLogger(__name__)
 
 PAYLOAD_EXCERPT_CHARS = 200
+# A label set is a few dozen prompts; a bigger payload is a mistake, and would run the text model for long.
+MAX_LABELS_PAYLOAD_BYTES = 64 * 1024
 
 _on_off = TypeAdapter(Literal["ON", "OFF"])
 _threshold = TypeAdapter(Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)])
@@ -85,6 +87,8 @@ def _validation_message(exc: ValidationError) -> str:
 
 def config_with_labels(cfg: Config, payload: bytes) -> Config:
     """``cfg`` with its ``labels:`` section replaced by the JSON ``payload``, validated like the config file."""
+    if len(payload) > MAX_LABELS_PAYLOAD_BYTES:
+        raise ControlError(f"payload too large ({len(payload)} bytes; at most {MAX_LABELS_PAYLOAD_BYTES})")
     try:
         labels = json.loads(_text(payload))
     except json.JSONDecodeError as exc:
@@ -104,10 +108,15 @@ class Controller:
 
     max_queued_commands = 64
 
-    def __init__(self, target: ControlTarget, publisher: MqttPublisher, on_labels_changed=None):
+    def __init__(
+        self,
+        target: ControlTarget,
+        publisher: MqttPublisher,
+        on_labels_changed: Callable[[Config], None] | None = None,  # e.g. announce to Home Assistant again
+    ):
         self._target = target
         self._publisher = publisher
-        self._on_labels_changed = on_labels_changed  # Callable[[Config], None], e.g. re-announce to Home Assistant
+        self._on_labels_changed = on_labels_changed
         prefix = publisher.prefix
         self._enabled_states = OwnedRetainedTopics(publisher, f"{prefix}/+/enabled/state")
         self._threshold_states = OwnedRetainedTopics(publisher, f"{prefix}/+/+/threshold/state")

@@ -128,7 +128,7 @@ class Pipeline:
     def set_camera_enabled(self, camera: str, enabled: bool) -> None:
         """Pause or resume classification of ``camera``.
 
-        A paused camera keeps capturing, so its status stays true and resuming is immediate; its
+        A paused camera keeps capturing, so its status stays meaningful and resuming is immediate; its
         frames are dropped before the model and counted as ``camera_disabled`` drops.
         """
         if camera not in self.cfg.cameras:

@@ -139,6 +139,7 @@ def test_initial_state_is_published_from_the_config(control):
         ("labels/set", b'{"car": {}}', "needs at least two labels"),
         ("labels/set", b'{"bad/name": {}, "car": {}, "empty": {}}', "must be letters"),
         ("labels/set", b'{}', "must name at least one entry"),
+        ("labels/set", b'{"car": {"prompts": ["' + b"x" * 70000 + b'"]}}', "payload too large"),
     ],
 )
 def test_commands_are_validated_and_invalid_ones_change_nothing(control, topic, payload, error):
@@ -152,7 +153,7 @@ def test_commands_are_validated_and_invalid_ones_change_nothing(control, topic, 
     [err] = pub.errors()
     assert error in err["error"]
     assert err["topic"] == f"home/clf/{topic}"
-    assert err["payload"] == payload.decode("utf-8", errors="replace")
+    assert err["payload"] == payload[:200].decode("utf-8", errors="replace")
     assert target.cfg is before_cfg and pub.retained == before_retained and not target.paused and not announced
 
 
