@@ -178,14 +178,38 @@ class EventsConfig(_Model):
 
 
 # Topic levels the daemon itself uses under <prefix>/<camera>/: a label or zone of that name would collide.
-RESERVED_TOPIC_NAMES = frozenset({"status", "detection", "event", "snapshot", "enabled", "threshold", "state", "set"})
+RESERVED_TOPIC_NAMES = frozenset(
+    {"status", "detection", "event", "snapshot", "enabled", "threshold", "state", "set", "top_label", "error", "stats"}
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+class HomeAssistantConfig(_Model):
+    enabled: bool = Field(
+        True, description="Announce every camera to Home Assistant by MQTT discovery; false removes what was announced."
+    )
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's MQTT discovery prefix.")
+    status_topic: str | None = Field(
+        None, description="Home Assistant's birth topic; 'online' there re-sends discovery. Default <discovery_prefix>/status."
+    )
+
+    @field_validator("discovery_prefix", "status_topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/")):
+            raise ValueError("must be a non-empty topic without '#' or '+' that neither starts nor ends with '/'")
+        return v
+
+    @property
+    def effective_status_topic(self) -> str:
+        return self.status_topic or f"{self.discovery_prefix}/status"
 
 
 class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     labels: dict[str, LabelConfig] = Field(description="Label name -> how to recognise it.")
     cameras: dict[str, CameraConfig] = Field(description="Camera name -> source and sampling.")
     events: EventsConfig = Field(default_factory=EventsConfig)
