@@ -30,6 +30,7 @@ class DropReason(str, Enum):
     QUEUE_FULL = "queue_full"  # no room in the batcher
     SUPERSEDED = "superseded"  # replaced by a newer frame of the same live camera
     DECODE_ERROR = "decode_error"  # the source returned a frame that could not be decoded
+    CAMERA_DISABLED = "camera_disabled"  # its camera was switched off at runtime (<prefix>/<camera>/enabled/set)
 
 
 class Batcher:

@@ -77,6 +77,11 @@ class LabelConfig(_Model):
     )
     threshold: float = Field(0.5, ge=0, le=1, description="Score (0..1) at or above which the label is published.")
     background: bool = Field(False, description="Takes part in scoring but is never published.")
+    min_consecutive: int = Field(
+        2, ge=1, description="Classified frames in a row at or above threshold before the label turns ON."
+    )
+    off_delay_s: float = Field(5.0, ge=0, description="Seconds below threshold before an ON label turns OFF.")
+    cooldown_s: float = Field(0.0, ge=0, description="Least seconds between two starts of the label (per camera and zone).")
 
     @field_validator("prompts")
     @classmethod
@@ -90,6 +95,37 @@ class LabelConfig(_Model):
         return list(self.prompts) if self.prompts else [f"a photo of a {name.replace('_', ' ')}"]
 
 
+class LabelOverride(_Model):
+    """Per-camera alerting rules for one label; an unset field keeps the label's own value."""
+
+    threshold: float | None = Field(None, ge=0, le=1, description="Score (0..1) at or above which the label is ON.")
+    min_consecutive: int | None = Field(None, ge=1, description="Frames in a row at or above threshold to turn ON.")
+    off_delay_s: float | None = Field(None, ge=0, description="Seconds below threshold before turning OFF.")
+    cooldown_s: float | None = Field(None, ge=0, description="Least seconds between two starts.")
+
+
+class ZoneConfig(_Model):
+    """A named rectangle of a camera's frame, cropped and classified as its own image."""
+
+    box: tuple[float, float, float, float] = Field(
+        description="[x_min, y_min, x_max, y_max]: fractions of the frame (0..1) or pixels, see coordinates."
+    )
+    coordinates: Literal["normalized", "pixels"] = Field(
+        "normalized", description="normalized: box is in 0..1 of the frame's width/height; pixels: in pixels."
+    )
+
+    @model_validator(mode="after")
+    def _box(self) -> "ZoneConfig":
+        x0, y0, x1, y1 = self.box
+        if min(self.box) < 0:
+            raise ValueError("box values must not be negative")
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError("box must be [x_min, y_min, x_max, y_max] with x_min < x_max and y_min < y_max")
+        if self.coordinates == "normalized" and max(self.box) > 1:
+            raise ValueError("normalized box values must be within 0..1 (for pixel values set coordinates: pixels)")
+        return self
+
+
 class CameraConfig(_Model):
     source: Union[int, str] = Field(description="Video file path, rtsp:// or http:// URL, or webcam index.")
     fps: float = Field(2.0, gt=0, le=120, description="Frames classified per second of video.")
@@ -99,6 +135,12 @@ class CameraConfig(_Model):
     )
     loop: bool = Field(False, description="Files only: start again at the end instead of ending.")
     enabled: bool = Field(True, description="A disabled camera is not opened.")
+    label_overrides: dict[str, LabelOverride] = Field(
+        default_factory=dict, description="Label name -> alerting rules for this camera that replace the label's own."
+    )
+    zones: dict[str, ZoneConfig] = Field(
+        default_factory=dict, description="Zone name -> region classified on its own; default: the whole frame."
+    )
     # Reliability (see README "Reliability"): every camera fails and recovers on its own.
     open_timeout_s: float = Field(
         10.0, gt=0, le=600, description="Longest an open (connect, RTSP handshake, first packets) may take, seconds."
@@ -148,14 +190,65 @@ class CameraConfig(_Model):
         return isinstance(self.source, str) and "://" not in self.source
 
 
+class SnapshotConfig(_Model):
+    """JPEG snapshots of the zone (or whole frame) that started an event."""
+
+    enabled: bool = Field(True, description="Take snapshots at all.")
+    on_update: bool = Field(False, description="Also on every event update, not only on start.")
+    mqtt: bool = Field(True, description="Publish retained on <prefix>/<camera>[/<zone>]/<label>/snapshot.")
+    directory: str | None = Field(None, description="Also write files here (relative to the config file).")
+    max_files: int = Field(100, ge=1, description="Files kept in directory; the oldest .jpg beyond it are deleted.")
+    width: int | None = Field(None, ge=8, le=8192, description="Pixels; unset: from height keeping aspect, or as is.")
+    height: int | None = Field(None, ge=8, le=8192, description="Pixels; unset: from width keeping aspect, or as is.")
+    quality: int = Field(80, ge=1, le=100, description="JPEG quality, 1..100.")
+
+
+class EventsConfig(_Model):
+    """What the decisions publish: ON/OFF state, start/update/end events, per-frame detections."""
+
+    detections: bool = Field(True, description="Publish every above-threshold frame on <prefix>/<camera>/detection.")
+    event_update_interval_s: float = Field(
+        5.0, ge=0, description="Least seconds between two update events of one active label; 0: every frame."
+    )
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
+
+
+# Topic levels the daemon itself uses under <prefix>/<camera>/: a label or zone of that name would collide.
+RESERVED_TOPIC_NAMES = frozenset(
+    {"status", "detection", "event", "snapshot", "enabled", "threshold", "state", "set", "top_label", "error", "stats"}
+)
+
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+class HomeAssistantConfig(_Model):
+    enabled: bool = Field(
+        True, description="Announce every camera to Home Assistant by MQTT discovery; false removes what was announced."
+    )
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's MQTT discovery prefix.")
+    status_topic: str | None = Field(
+        None, description="Home Assistant's birth topic; 'online' there re-sends discovery. Default <discovery_prefix>/status."
+    )
+
+    @field_validator("discovery_prefix", "status_topic")
+    @classmethod
+    def _topic(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/")):
+            raise ValueError("must be a non-empty topic without '#' or '+' that neither starts nor ends with '/'")
+        return v
+
+    @property
+    def effective_status_topic(self) -> str:
+        return self.status_topic or f"{self.discovery_prefix}/status"
 
 
 class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     labels: dict[str, LabelConfig] = Field(description="Label name -> how to recognise it.")
     cameras: dict[str, CameraConfig] = Field(description="Camera name -> source and sampling.")
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
     @field_validator("labels", "cameras")
     @classmethod
@@ -189,6 +282,23 @@ class Config(_Model):
             elif len(names) < 2:
                 problems.append(
                     (("cameras", cam_name, "labels"), "needs at least two labels: scores are a softmax over them")
+                )
+            for label in cam.label_overrides:
+                if label not in names:
+                    problems.append(
+                        (("cameras", cam_name, "label_overrides", label), f"not a label of this camera: {names}")
+                    )
+            for zone in cam.zones:
+                if not _NAME.match(str(zone)):
+                    problems.append((("cameras", cam_name, "zones", zone), "name must be letters, digits, '_' or '-'"))
+                elif zone in self.labels or zone in RESERVED_TOPIC_NAMES:
+                    problems.append(
+                        (("cameras", cam_name, "zones", zone), "name collides with a label or topic name in MQTT topics")
+                    )
+        for label in self.labels:
+            if label in RESERVED_TOPIC_NAMES:
+                problems.append(
+                    (("labels", label), f"name is used by streamclf's own topics; avoid {sorted(RESERVED_TOPIC_NAMES)}")
                 )
         return problems
 

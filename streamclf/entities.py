@@ -40,13 +40,20 @@ class Frame:
 
 @dataclass(frozen=True)
 class Classification:
-    """CLIP scores for one frame: label -> probability (0..1) over the camera's labels."""
+    """CLIP scores for one frame, or one zone of it: label -> probability (0..1) over the camera's labels.
+
+    ``zone`` is None for the whole frame. ``image`` is the RGB uint8 picture that was scored
+    (the zone's crop, or the frame), kept so that a snapshot shows exactly what CLIP saw; it
+    is a reference, not a copy, and takes no part in equality.
+    """
 
     camera: str
     frame_index: int
     frame_time: float
     captured_monotonic: float
     scores: Mapping[str, float] = field(default_factory=dict)
+    zone: str | None = None
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Read-only view: several consumers (decisions, publishing, metrics) share one object.
@@ -68,9 +75,12 @@ class Detection:
     classification: Classification
 
     def payload(self, timestamp: float) -> dict:
-        """The JSON body published on ``<prefix>/<camera>/detection``; ``timestamp`` is epoch seconds."""
+        """The JSON body published on ``<prefix>/<camera>/detection``; ``timestamp`` is epoch seconds.
+
+        ``zone`` is present only for zones, so whole-frame payloads keep their original shape.
+        """
         c = self.classification
-        return {
+        body = {
             "camera": self.camera,
             "label": self.label,
             "score": round(self.score, 6),
@@ -79,3 +89,6 @@ class Detection:
             "frame_time": round(c.frame_time, 6),
             "timestamp": round(timestamp, 3),
         }
+        if c.zone is not None:
+            body["zone"] = c.zone
+        return body

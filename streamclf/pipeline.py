@@ -13,15 +13,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
-from streamclf.batching import Batcher
+from streamclf.alerts import AlertPublisher
+from streamclf.batching import Batcher, DropReason
 from streamclf.capture import Camera, CameraState, CameraStatus, FileCamera, make_camera
 from streamclf.classifier import ClipClassifier, LabelSet
-from streamclf.config import Config
-from streamclf.decisions import ThresholdDecider
+from streamclf.config import Config, LabelConfig
+from streamclf.control import Controller
+from streamclf.decisions import AlertDecider
 from streamclf.entities import Classification, Frame
+from streamclf.homeassistant import HomeAssistantDiscovery
 from streamclf.publisher import MqttPublisher
+from streamclf.snapshots import SnapshotWriter
+from streamclf.zones import ZoneCropper
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +47,28 @@ class Pipeline:
             max_frame_age_by_camera={n: c.effective_max_frame_age_s for n, c in cfg.cameras.items()},
         )
         self.publisher = MqttPublisher(cfg.mqtt)
-        self.decider = ThresholdDecider(cfg.labels)
+        self.decider = AlertDecider(cfg)
+        self.zones = ZoneCropper(cfg.cameras)
+        self.snapshots = SnapshotWriter(
+            cfg.events.snapshots, lambda topic, jpeg: self.publisher.set_retained(topic, jpeg, qos=cfg.mqtt.qos), base_dir
+        )
+        self.alerts = AlertPublisher(self.publisher, cfg, self.snapshots)
         self.label_set: LabelSet = self._encode_labels(cfg)
         self.cameras: dict[str, Camera] = {}
         self.classified = 0
-        self.detections_published = 0
         self.last_progress = time.monotonic()
         self._drops_logged: tuple[dict, int] = ({}, 0)
         self._drops_logged_at = time.monotonic()
         self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
-        self._classification_listeners: list[Callable[[Classification], None]] = [self._publish_detections]
+        self._classification_listeners: list[Callable[[Classification], None]] = [
+            self._publish_detections, self._publish_top_label
+        ]
+        # Held while a batch is scored and decided: labels and thresholds change only between two batches.
+        self._labels_lock = threading.Lock()
+        self._paused_cameras: set[str] = set()
+        self._top_labels: dict[str, str] = {}
+        self.discovery = HomeAssistantDiscovery(cfg, self.publisher)
+        self.control = Controller(self, self.publisher, on_labels_changed=self.discovery.announce)
 
     def _encode_labels(self, cfg: Config) -> LabelSet:
         return self.classifier.encode_labels({n: lc.prompts_for(n) for n, lc in cfg.labels.items()})
@@ -64,7 +81,7 @@ class Pipeline:
         self.publisher.set_retained(self.publisher.topic(status.camera, "status", "detail"), status.detail())
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
-        """Frames dropped so far: camera -> reason (stale, queue_full, superseded, decode_error) -> count.
+        """Frames dropped so far: camera -> reason (stale, queue_full, superseded, decode_error, camera_disabled) -> count.
 
         MQTT messages dropped because the outage queue overflowed are ``publisher.dropped_overflow``.
         """
@@ -93,26 +110,103 @@ class Pipeline:
             self._classify(batch)
 
     def _classify(self, batch: list[Frame]) -> None:
-        embeddings = self.classifier.embed_images([f.image for f in batch])
-        label_set = self.label_set  # one consistent label set per batch, even if it is swapped meanwhile
-        subsets = [self.cfg.labels_for(f.camera) for f in batch]
-        for frame, scores in zip(batch, self.classifier.score(embeddings, label_set, subsets)):
-            c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic, scores)
-            self.classified += 1
-            for listener in self._classification_listeners:
-                try:
-                    listener(c)
-                except Exception:  # a failing sink is logged; the pipeline goes on
-                    log.exception("camera %s: handling a classification failed", c.camera)
+        batch = [batch[i] for i in self._unpaused(batch)]
+        self.classified += len(batch)
+        items = self.zones.expand(batch)  # one image per zone (or per frame), all in one model call
+        if not items:
+            self.last_progress = time.monotonic()
+            return
+        embeddings = self.classifier.embed_images([item.image for item in items])
+        with self._labels_lock:  # one consistent label set, label lists and thresholds per batch
+            paused = self._paused_cameras  # a camera may have been paused while the batch was embedded
+            keep = [i for i, item in enumerate(items) if item.frame.camera not in paused]
+            if len(keep) < len(items):
+                items, embeddings = [items[i] for i in keep], embeddings[keep]
+            label_set = self.label_set
+            subsets = [self.cfg.labels_for(item.frame.camera) for item in items]
+            for item, scores in zip(items, self.classifier.score(embeddings, label_set, subsets)):
+                frame = item.frame
+                c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic,
+                                   scores, zone=item.zone, image=item.image)
+                for listener in self._classification_listeners:
+                    try:
+                        listener(c)
+                    except Exception:  # a failing sink is logged; the pipeline goes on
+                        log.exception("camera %s: handling a classification failed", c.camera)
         self.last_progress = time.monotonic()
-        self._drops_logged: tuple[dict, int] = ({}, 0)
-        self._drops_logged_at = time.monotonic()
+
+    def _unpaused(self, batch: list[Frame]) -> list[int]:
+        """Indexes of the frames whose camera is not paused; the others are counted as dropped."""
+        paused = self._paused_cameras
+        keep = []
+        for i, f in enumerate(batch):
+            if f.camera in paused:
+                self.batcher.count_drop(f.camera, DropReason.CAMERA_DISABLED)
+            else:
+                keep.append(i)
+        return keep
 
     def _publish_detections(self, c: Classification) -> None:
-        now = time.time()
-        for d in self.decider.detections(c):
-            self.publisher.publish(self.publisher.topic(d.camera, "detection"), d.payload(now), qos=self.cfg.mqtt.qos)
-            self.detections_published += 1
+        """Decide (thresholds, hysteresis, events) and publish detections, states, events, snapshots."""
+        self.alerts.publish(self.decider.observe(c))
+
+    @property
+    def detections_published(self) -> int:
+        return self.alerts.detections_published
+
+    def _publish_top_label(self, c: Classification) -> None:
+        top = c.top_label
+        if c.zone is None and top is not None and self._top_labels.get(c.camera) != top:  # on change only
+            self._top_labels[c.camera] = top
+            self.publisher.set_retained(self.publisher.topic(c.camera, "top_label"), top)
+
+    # -- runtime control (streamclf/control.py calls these; see ControlTarget) ----
+
+    def camera_enabled(self, camera: str) -> bool:
+        """True if ``camera`` is enabled in the config and not paused at runtime."""
+        return self.cfg.cameras[camera].enabled and camera not in self._paused_cameras
+
+    def set_camera_enabled(self, camera: str, enabled: bool) -> None:
+        """Pause or resume classification of ``camera``.
+
+        A paused camera keeps capturing, so its status stays meaningful and resuming is immediate; its
+        frames are dropped before the model and counted as ``camera_disabled`` drops.
+        """
+        if camera not in self.cfg.cameras:
+            raise KeyError(camera)
+        with self._labels_lock:  # so that no frame of a batch scored after this returns is published
+            paused = set(self._paused_cameras)
+            (paused.discard if enabled else paused.add)(camera)
+            self._paused_cameras = paused  # swapped whole: read without the lock before embedding
+            # Disabling ends the camera's open events (end message, state OFF).
+            self.alerts.publish(self.decider.set_camera_enabled(camera, enabled))
+
+    def threshold(self, camera: str, label: str) -> float:
+        """The threshold (0..1) in force for ``label`` on ``camera``."""
+        return self.decider.threshold(camera, label)
+
+    def set_threshold(self, camera: str, label: str, threshold: float) -> None:
+        """Set ``label``'s threshold (0..1) on ``camera``, from the next batch on."""
+        with self._labels_lock:
+            self.decider.set_threshold(camera, label, threshold)
+
+    def replace_labels(self, labels: Mapping[str, LabelConfig]) -> Config:
+        """Switch to a new label set between two batches, without dropping frames; returns the new config.
+
+        Raises ValueError when a camera's label list would become invalid. The text embeddings are
+        computed before the switch, while batches go on with the old labels.
+        """
+        new_cfg = self.cfg.model_copy(update={"labels": dict(labels)})
+        problems = new_cfg.cross_check_problems()
+        if problems:
+            raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
+        label_set = self._encode_labels(new_cfg)
+        with self._labels_lock:
+            self.cfg = new_cfg
+            self.label_set = label_set
+            # Removed labels end their events and turn OFF; new ones start OFF.
+            self.alerts.publish(self.decider.update_labels(new_cfg.labels))
+        return new_cfg
 
     def _all_files_done(self) -> bool:
         cams = list(self.cameras.values())
@@ -121,7 +215,13 @@ class Pipeline:
     # -- lifecycle --------------------------------------------------------------
 
     def start(self) -> None:
+        # Subscriptions and retained state first, so that they are all in place on the first connect.
+        self.discovery.start()
+        self.control.start()
         self.publisher.start()
+        self.snapshots.start()
+        # Known OFF before the first frame: a retained ON from an earlier run would be stale.
+        self.alerts.publish_states(self.decider.initial_states())
         for name, cam_cfg in self.cfg.cameras.items():
             state = CameraState.STARTING if cam_cfg.enabled else CameraState.DISABLED
             self._on_camera_status(CameraStatus(name, state, state.value))
@@ -154,6 +254,7 @@ class Pipeline:
     def shutdown(self) -> None:
         deadline = time.monotonic() + self.shutdown_budget_s
         self.stop_event.set()
+        self.control.stop(timeout_s=0.5)
         for cam in self.cameras.values():
             cam.stop()
         self.batcher.close()
@@ -162,6 +263,9 @@ class Pipeline:
         abandoned = self.batcher.discard_pending()
         if abandoned:
             log.info("abandoned %d pending frame(s) at shutdown", abandoned)
+        # Every start gets its end: open events end now and their labels turn OFF.
+        self.alerts.publish(self.decider.finish())
+        self.snapshots.stop(timeout_s=max(0.0, min(0.5, deadline - time.monotonic() - 1.0)))
         for name in self.cfg.cameras:
             cam = self.cameras.get(name)
             last = cam.last_status if cam else None

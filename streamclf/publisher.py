@@ -131,6 +131,12 @@ class MqttPublisher:
             self._retained_state[topic] = OutgoingMessage(topic, payload, qos, True)
         self.publish(topic, payload, qos, retain=True)
 
+    def clear_retained(self, topic: str) -> None:
+        """Forget a retained state message and delete it from the broker (an empty retained payload)."""
+        with self._cond:
+            self._retained_state.pop(topic, None)
+        self.publish(topic, b"", qos=1, retain=True)
+
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         """Call ``handler(topic, payload)`` for messages on ``topic_filter`` (resubscribed on reconnect)."""
         self._subscriptions[topic_filter] = handler

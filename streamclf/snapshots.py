@@ -1,0 +1,164 @@
+"""Snapshots: a JPEG of the zone (or frame) that started an event, to MQTT and/or a directory.
+
+JPEG encoding and disk writes run on their own thread behind a bounded queue, so a slow
+disk never stalls the inference thread. When the queue is full the *oldest* pending
+snapshot is dropped and counted (``dropped_oldest``): the newest picture is the one a
+person wants to see. The directory keeps at most ``max_files`` ``.jpg`` files; the oldest
+are deleted as new ones arrive, so a chatty camera cannot fill the disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from streamclf.config import SnapshotConfig
+
+log = logging.getLogger(__name__)
+
+
+def snapshot_size(width: int, height: int, want_width: int | None, want_height: int | None) -> tuple[int, int]:
+    """Output (width, height) in pixels: both set -> exactly that; one set -> the other keeps the aspect."""
+    if want_width and want_height:
+        return want_width, want_height
+    if want_width:
+        return want_width, max(1, round(height * want_width / width))
+    if want_height:
+        return max(1, round(width * want_height / height)), want_height
+    return width, height
+
+
+def encode_jpeg(image: np.ndarray, cfg: SnapshotConfig) -> bytes:
+    """JPEG bytes of an RGB uint8 image, resized to the configured size at the configured quality (1..100)."""
+    h, w = image.shape[:2]
+    out_w, out_h = snapshot_size(w, h, cfg.width, cfg.height)
+    if (out_w, out_h) != (w, h):
+        shrinking = out_w * out_h < w * h
+        image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
+    return buf.tobytes()
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """One snapshot to take: the image, the MQTT topic (None: no MQTT) and a file name stem."""
+
+    image: np.ndarray
+    topic: str | None
+    file_stem: str
+
+
+class SnapshotWriter:
+    """Encodes and delivers snapshots on its own thread; ``submit`` never blocks."""
+
+    queue_size = 16
+
+    def __init__(self, cfg: SnapshotConfig, publish_retained: Callable[[str, bytes], None],
+                 base_dir: str | None = None):
+        self.cfg = cfg
+        self._publish_retained = publish_retained
+        self.directory: Path | None = None
+        if cfg.directory:
+            d = Path(cfg.directory).expanduser()
+            self.directory = d if d.is_absolute() or base_dir is None else Path(base_dir) / d
+        self._pending: deque[SnapshotRequest] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._files: deque[Path] = deque()  # written files, oldest first, for the max_files bound
+        self.written = 0
+        self.published = 0
+        self.dropped_oldest = 0
+        self.failed = 0
+        self._last_drop_warning = 0.0
+        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+
+    def start(self) -> None:
+        if self.directory is not None:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                # Files of earlier runs count towards the bound too, oldest first.
+                existing = sorted(self.directory.glob("*.jpg"), key=lambda p: (p.stat().st_mtime, p.name))
+                self._files.extend(existing)
+                self._prune()
+            except OSError as exc:
+                log.error("snapshot directory %s is unusable (%s); snapshots go to MQTT only", self.directory, exc)
+                self.directory = None
+        self._thread.start()
+
+    def submit(self, request: SnapshotRequest) -> None:
+        with self._cond:
+            if len(self._pending) >= self.queue_size:
+                self._pending.popleft()
+                self.dropped_oldest += 1
+                now = time.monotonic()
+                if now - self._last_drop_warning > 10:  # a burst of events must not flood the log
+                    self._last_drop_warning = now
+                    log.warning("snapshot queue full; dropping the oldest pending snapshots, %d so far",
+                                self.dropped_oldest)
+            self._pending.append(request)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending or self._stopping)
+                if not self._pending:
+                    return
+                request = self._pending.popleft()
+            try:
+                self._deliver(request)
+            except Exception:  # a bad snapshot is logged; events and the next snapshots go on
+                self.failed += 1
+                log.exception("snapshot %s failed", request.file_stem)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _deliver(self, request: SnapshotRequest) -> None:
+        jpeg = encode_jpeg(request.image, self.cfg)
+        if request.topic is not None:
+            self._publish_retained(request.topic, jpeg)
+            self.published += 1
+        if self.directory is not None:
+            path = self.directory / f"{request.file_stem}.jpg"
+            n = 1
+            while path.exists():  # two snapshots of one event within a millisecond: never overwrite
+                path = self.directory / f"{request.file_stem}-{n}.jpg"
+                n += 1
+            tmp = path.with_suffix(".jpg.tmp")  # readers never see half a file
+            tmp.write_bytes(jpeg)
+            os.replace(tmp, path)
+            self._files.append(path)
+            self.written += 1
+            self._prune()
+
+    def _prune(self) -> None:
+        while len(self._files) > self.cfg.max_files:
+            old = self._files.popleft()
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Deliver what is pending for up to ``timeout_s`` seconds, then stop the thread."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        with self._cond:
+            if self._pending:
+                log.warning("%d snapshot(s) not delivered at shutdown", len(self._pending))
+                self._pending.clear()
