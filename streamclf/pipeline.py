@@ -81,7 +81,9 @@ class Pipeline:
         self.publisher.set_retained(self.publisher.topic(status.camera, "status", "detail"), status.detail())
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
-        """Frames dropped so far: camera -> reason (stale, queue_full, superseded, decode_error, camera_disabled) -> count.
+        """Frames dropped so far: camera -> reason -> count.
+
+        Reasons are ``DropReason`` values: stale, queue_full, superseded, decode_error, camera_disabled.
 
         MQTT messages dropped because the outage queue overflowed are ``publisher.dropped_overflow``.
         """
