@@ -289,8 +289,9 @@ class FileCamera(Camera):
                 break
             pass_offset_s += duration
             index_offset += n
-        if not self._stop.is_set():
-            log.info("camera %s: end of file after %d frames (%d sampled)", self.name, self.frames_read, self.frames_sampled)
+        if self._stop.is_set():
+            return  # stopped, not ended: the pipeline reports that
+        log.info("camera %s: end of file after %d frames (%d sampled)", self.name, self.frames_read, self.frames_sampled)
         self._set_state(CameraState.ENDED, "end of file")
 
     def _read_pass(self, cap: cv2.VideoCapture, src_fps: float, time_offset: float, index_offset: int) -> tuple[int, float]:

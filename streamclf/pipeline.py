@@ -76,6 +76,8 @@ class Pipeline:
     # -- stages -----------------------------------------------------------------
 
     def _on_camera_status(self, status: CameraStatus) -> None:
+        if self.stop_event.is_set() and status.state is not CameraState.STOPPED:
+            return  # a camera thread winding down must not overwrite the final "stopped"
         online = status.state is CameraState.ONLINE
         self.publisher.set_retained(self.publisher.topic(status.camera, "status"), "online" if online else "offline")
         self.publisher.set_retained(self.publisher.topic(status.camera, "status", "detail"), status.detail())
@@ -99,8 +101,9 @@ class Pipeline:
             counts = ", ".join(f"{reason}={n}" for reason, n in sorted(reasons.items()))
             log.info("camera %s: frames dropped since start: %s", camera, counts)
         if now[1]:
+            by_topic = ", ".join(f"{t}={n}" for t, n in self.publisher.dropped_by_topic.most_common(10))
             log.warning("MQTT: %d message(s) dropped since start because the outage queue was full "
-                        "(mqtt.max_queued_messages=%d)", now[1], self.cfg.mqtt.max_queued_messages)
+                        "(mqtt.max_queued_messages=%d): %s", now[1], self.cfg.mqtt.max_queued_messages, by_topic)
 
     def _inference_loop(self) -> None:
         while not self.stop_event.is_set():

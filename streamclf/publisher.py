@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable
 
@@ -58,6 +58,7 @@ class MqttPublisher:
         self._retained_state: dict[str, OutgoingMessage] = {}  # republished on every connect
         self._subscriptions: dict[str, MessageHandler] = {}
         self.dropped_overflow = 0
+        self.dropped_by_topic: Counter[str] = Counter()  # what the overflow cost, so the log can say
         self.published = 0
         self.connects = 0
         self.refused = 0  # CONNACKs that refused us (bad credentials, not authorised)
@@ -108,8 +109,9 @@ class MqttPublisher:
         msg = OutgoingMessage(topic, payload, qos, retain)
         with self._cond:
             if len(self._queue) >= self.cfg.max_queued_messages:
-                self._queue.popleft()
+                dropped = self._queue.popleft()
                 self.dropped_overflow += 1
+                self.dropped_by_topic[dropped.topic] += 1
                 now = time.monotonic()
                 if now - self._last_overflow_warning > 10:
                     self._last_overflow_warning = now
