@@ -67,7 +67,7 @@ class MqttPublisher:
             CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id, protocol=mqtt.MQTTv311
         )
         if cfg.username:
-            self.client.username_pw_set(cfg.username, cfg.password)
+            self.client.username_pw_set(cfg.username, cfg.resolve_password())
         self.client.will_set(self.topic("available"), "offline", qos=1, retain=True)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_inflight_messages_set(self.inflight_window)
