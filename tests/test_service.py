@@ -26,7 +26,7 @@ from streamclf.service.health import RateMeter, evaluate_progress
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import plan_reload
 from tests.conftest import REPO, base_config, daemon_env, write_config
-from tests.servers import MosquittoBroker, MqttCollector, free_port, make_video
+from tests.servers import MosquittoBroker, MqttCollector, free_port, make_video, read_retained
 
 UNIT = REPO / "systemd" / "streamclf.service"
 
@@ -346,6 +346,10 @@ def test_metrics_and_stats_agree_with_what_reached_the_broker(tmp_path, broker, 
         assert m[f'streamclf_detections_published_total{{camera="a",label="{label}"}}'] == 12 \
             == _count(collector, prefix, "a", label)
     assert not [k for k in m if 'label="nothing"' in k]  # background labels are never published
+    events = collector.json_messages(f"{prefix}/a/event")
+    for label in ("red_thing", "blue_thing"):
+        assert m[f'streamclf_events_published_total{{camera="a",label="{label}"}}'] \
+            == sum(1 for e in events if e["label"] == label) >= 1
     assert m["streamclf_batch_size_frames_sum"] == 12
     assert m["streamclf_batch_size_frames_count"] == m["streamclf_inference_duration_seconds_count"] \
         == m["streamclf_batches_total"] >= 3
@@ -475,5 +479,18 @@ def test_sighup_applies_a_changed_config_and_rejects_an_invalid_one(tmp_path, br
     assert not collector.json_messages(f"{prefix}/cam2/detection")
     [removed] = [r for r in _json_lines(daemon) if r["message"].startswith("config reloaded")][1:]
     assert "removed: cam2" in removed["message"]
+
+    # MQTT settings: the publisher reconnects; retained state follows to the new prefix.
+    moved = f"{prefix}b"
+    with MqttCollector(broker.host, broker.port, f"{moved}/#") as coll2:
+        write_config(path, base_config(tiny_clip_dir, broker, moved, cams, labels=new_labels))
+        daemon.signal(signal.SIGHUP)
+        wait_log(daemon, "config reloaded", count=3)
+        coll2.wait_for(lambda m: len(coll2.json_messages(f"{moved}/cam/detection")) >= 2, timeout=20)
+        assert read_retained(broker.host, broker.port, f"{moved}/available") == b"online"
+        assert read_retained(broker.host, broker.port, f"{moved}/cam/status") == b"online"
+        assert read_retained(broker.host, broker.port, f"{moved}/cam/red_thing") in (b"ON", b"OFF")
+        assert read_retained(broker.host, broker.port, f"{prefix}/available") == b"offline"
+    assert "MQTT reconnected" in [r for r in _json_lines(daemon) if r["message"].startswith("config reloaded")][2]["message"]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
