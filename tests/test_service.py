@@ -250,6 +250,13 @@ def _cfg(**changes) -> "object":
          {"cameras_added": ("three",), "cameras_removed": ("two",), "cameras_restarted": ("one",), "labels_changed": False}),
         ({"cameras": {"one": {"source": "1.mp4"}, "two": {"source": "2.mp4", "labels": ["b", "bg"]}}},
          {"labels_changed": True}),  # a camera's label list: rescored, not restarted
+        ({"cameras": {"one": {"source": "1.mp4", "zones": {"door": {"box": [0, 0, 0.5, 1]}},
+                              "label_overrides": {"a": {"threshold": 0.9}}},
+                      "two": {"source": "2.mp4", "labels": ["a", "bg"]}}},
+         {"labels_changed": True, "cameras_restarted": ()}),  # zones and overrides: decided anew, not restarted
+        ({"cameras": {"one": {"source": "1.mp4", "enabled": False}, "two": {"source": "2.mp4", "labels": ["a", "bg"]}}},
+         {"cameras_restarted": ("one",)}),
+        ({"events": {"snapshots": {"quality": 50}}}, {"labels_changed": True, "snapshots_changed": True}),
         ({"mqtt": {"port": 1884}}, {"mqtt_changed": True}),
         ({"model": {"name": "m", "batch_size": 2}}, {"model_changed": ("batch_size",)}),
         ({"metrics": {"enabled": True}}, {"metrics_changed": True}),
@@ -478,7 +485,7 @@ def test_sighup_applies_a_changed_config_and_rejects_an_invalid_one(tmp_path, br
     collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/cam/detection")) >= 6, timeout=20)
     assert not collector.json_messages(f"{prefix}/cam2/detection")
     [removed] = [r for r in _json_lines(daemon) if r["message"].startswith("config reloaded")][1:]
-    assert "removed: cam2" in removed["message"]
+    assert "cameras removed: cam2" in removed["message"]
 
     # MQTT settings: the publisher reconnects; retained state follows to the new prefix.
     moved = f"{prefix}b"

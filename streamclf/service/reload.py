@@ -50,8 +50,8 @@ class ReloadPlan:
 
     def describe(self) -> str:
         parts = []
-        for what, names in (("cameras added", self.cameras_added), ("removed", self.cameras_removed),
-                            ("restarted", self.cameras_restarted)):
+        for what, names in (("cameras added", self.cameras_added), ("cameras removed", self.cameras_removed),
+                            ("cameras restarted", self.cameras_restarted)):
             if names:
                 parts.append(f"{what}: {', '.join(names)}")
         if self.reencode_labels:

@@ -49,7 +49,9 @@ def pipeline_figures(pipeline, progress: Progress, classified_fps: float, starte
             "frames_sampled": cam.frames_sampled if cam else 0,
             "frames_classified": classified.get(name, 0),
             "frames_dropped": {reason: n for (c, reason), n in sorted(drops.items()) if c == name},
-            "reconnects": reconnects.get(name, 0),
+            # A camera that counts its own reconnects (stalls included) knows best; else the status reports do.
+            "reconnects": getattr(cam, "reconnects", None) if isinstance(getattr(cam, "reconnects", None), int)
+            else reconnects.get(name, 0),
         }
     published: dict[str, dict] = {"detection": defaultdict(dict), "event": defaultdict(dict)}
     for (kind, camera, label), n in sorted(_copy(pipeline.published_by).items()):
