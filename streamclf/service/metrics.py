@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 from socketserver import ThreadingMixIn
 from typing import Callable
@@ -123,6 +124,10 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow scraper must never hold up shutdown
 
 
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6  # metrics.host "::" or another IPv6 address
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format, *args):  # one access-log line per scrape would drown the events that matter
         pass
@@ -135,11 +140,20 @@ class MetricsServer:
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._health = health
         self.host, self.port = host, port
-        self._server = make_server(host, port, self._app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+        server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+        self._server = make_server(host, port, self._app, server_class=server_class, handler_class=_QuietHandler)
         self.port = self._server.server_port  # port 0 picks a free one
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
 
     def _app(self, environ, start_response):
+        try:
+            return self._route(environ, start_response)
+        except Exception:  # through our logging (redacted, JSON when asked), not wsgiref's raw traceback
+            log.exception("metrics server: %s failed", environ.get("PATH_INFO"))
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [b"internal error; see the streamclf log\n"]
+
+    def _route(self, environ, start_response):
         path = environ.get("PATH_INFO", "/")
         if path == "/healthz":
             ok, body = self._health()
