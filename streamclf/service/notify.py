@@ -23,6 +23,7 @@ class SystemdNotifier:
     def __init__(self, env: dict | None = None):
         env = os.environ if env is None else env
         address = env.get("NOTIFY_SOCKET", "")
+        self.address = address
         self._address: str | bytes | None = None
         if address.startswith("@"):
             self._address = "\0" + address[1:]  # abstract namespace
@@ -50,7 +51,7 @@ class SystemdNotifier:
         except OSError as exc:
             if not self._failed_once:  # systemd gone or socket full: say so once, not every ping
                 self._failed_once = True
-                log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), exc)
+                log.warning("cannot notify systemd at %s: %s", self.address, exc)
             return False
 
     def ready(self, status: str = "") -> bool:
