@@ -130,11 +130,14 @@ def test_notifier_sends_datagrams_to_path_and_abstract_sockets(tmp_path, abstrac
     try:
         n = SystemdNotifier({"NOTIFY_SOCKET": env_value})
         assert n.enabled
-        assert n.ready("1/1 camera(s) online") and n.watchdog() and n.stopping()
+        assert n.ready("1/1 camera(s) online") and n.watchdog() and n.reloading() and n.stopping()
         n.close()
         listener.wait_for("STOPPING=1")
         got = [m for _, m in listener.messages]
-        assert got == ["READY=1\nSTATUS=1/1 camera(s) online", "WATCHDOG=1", "STOPPING=1"]
+        assert got[:2] == ["READY=1\nSTATUS=1/1 camera(s) online", "WATCHDOG=1"] and got[3] == "STOPPING=1"
+        reloading, monotonic = got[2].split("\n")
+        assert reloading == "RELOADING=1" and monotonic.startswith("MONOTONIC_USEC=")
+        assert abs(int(monotonic.split("=")[1]) - time.monotonic() * 1e6) < 5e6  # CLOCK_MONOTONIC, microseconds
     finally:
         listener.close()
 
