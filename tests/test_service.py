@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from streamclf.config import ConfigError, MqttConfig, parse_config
-from streamclf.service.health import RateMeter, evaluate_progress
+from streamclf.service.health import ProgressMonitor, RateMeter, evaluate_progress
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import plan_reload
 from tests.conftest import REPO, base_config, daemon_env, write_config
@@ -165,24 +165,37 @@ def test_notifier_environment(env, enabled, interval_s):
 
 def _fake_pipeline(alive=True, batch_started=None, last_progress=0.0, pending=0):
     return SimpleNamespace(inference_alive=alive, batch_started=batch_started, last_progress=last_progress,
-                           batcher=[None] * pending)
+                           batcher=[None] * pending, cfg=SimpleNamespace(service=SimpleNamespace(stall_timeout_s=30)))
 
 
 @pytest.mark.parametrize(
-    "state, now, ok, reason",
+    "state, waiting_since, ok, reason",
     [
-        (dict(last_progress=95.0), 100.0, True, "classifying"),
-        (dict(last_progress=0.0), 100.0, True, "idle"),  # cameras offline or ended: nothing to do is fine
-        (dict(last_progress=95.0, batch_started=99.0), 100.0, True, "classifying"),  # a model call in flight
-        (dict(last_progress=0.0, batch_started=50.0), 100.0, False, "model call has been running for 50 s"),
-        (dict(last_progress=0.0, pending=3), 100.0, False, "3 frame(s) waiting"),
-        (dict(last_progress=80.0, pending=3), 100.0, True, "classifying"),  # waiting, but not for long
-        (dict(alive=False, last_progress=99.0), 100.0, False, "inference thread has stopped"),
+        (dict(last_progress=95.0), None, True, "classifying"),
+        (dict(last_progress=0.0), None, True, "idle"),  # cameras offline or ended: nothing to do is fine
+        (dict(last_progress=95.0, batch_started=99.0), None, True, "classifying"),  # a model call in flight
+        (dict(last_progress=0.0, batch_started=50.0), None, False, "model call has been running for 50 s"),
+        (dict(last_progress=0.0, pending=3), 0.0, False, "3 frame(s) waiting and none classified for 100 s"),
+        (dict(last_progress=80.0, pending=3), 0.0, True, "classifying"),  # waiting, but not for long
+        (dict(last_progress=0.0, pending=1), 99.9, True, "idle spell"),  # the first frame after a long idle spell
+        (dict(alive=False, last_progress=99.0), None, False, "inference thread has stopped"),
     ],
 )
-def test_progress_rules(state, now, ok, reason):
-    p = evaluate_progress(_fake_pipeline(**state), stall_timeout_s=30, now=now)
+def test_progress_rules(state, waiting_since, ok, reason):
+    p = evaluate_progress(_fake_pipeline(**state), stall_timeout_s=30, now=100.0, waiting_since=waiting_since)
     assert p.ok is ok and reason in p.reason
+
+
+def test_progress_monitor_remembers_since_when_frames_wait():
+    pipeline = _fake_pipeline(last_progress=0.0)
+    monitor = ProgressMonitor(pipeline)
+    assert monitor.check(now=100.0).ok  # idle
+    pipeline.batcher = [None]
+    assert monitor.check(now=101.0).ok  # a frame arrives after 100 s of nothing: not a stall
+    assert monitor.check(now=120.0).ok
+    assert not monitor.check(now=131.5).ok  # ... but nobody took it for 30 s: stalled
+    pipeline.last_progress = 131.6
+    assert monitor.check(now=132.0).ok
 
 
 def test_rate_meter_counts_per_second_over_its_window():

@@ -10,6 +10,7 @@ cannot connect is not a hung daemon, so it does not stop the watchdog.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -23,21 +24,45 @@ class Progress:
     reason: str
 
 
-def evaluate_progress(pipeline, stall_timeout_s: float, now: float | None = None) -> Progress:
-    """Judge ``pipeline`` at ``now`` (monotonic seconds); see the module docstring for the rules."""
-    now = time.monotonic() if now is None else now
+def evaluate_progress(pipeline, stall_timeout_s: float, now: float, waiting_since: float | None) -> Progress:
+    """Judge ``pipeline`` at ``now`` (monotonic seconds); see the module docstring for the rules.
+
+    ``waiting_since`` is when frames were first seen waiting in the batcher without a break
+    (None: none waiting), so that the first frame after a long idle spell is not a stall.
+    """
     if not pipeline.inference_alive:
         return Progress(False, "the inference thread has stopped")
     started = pipeline.batch_started
     if started is not None and now - started > stall_timeout_s:
         return Progress(False, f"a model call has been running for {now - started:.0f} s (stall_timeout_s {stall_timeout_s:g})")
-    since = now - pipeline.last_progress
+    last = pipeline.last_progress
     pending = len(pipeline.batcher)
-    if pending and since > stall_timeout_s:
-        return Progress(False, f"{pending} frame(s) waiting and none classified for {since:.0f} s")
-    if since <= stall_timeout_s:
+    if pending and waiting_since is not None and now - max(last, waiting_since) > stall_timeout_s:
+        return Progress(False, f"{pending} frame(s) waiting and none classified for {now - max(last, waiting_since):.0f} s")
+    if now - last <= stall_timeout_s:
         return Progress(True, "classifying")
-    return Progress(True, "idle: no frames to classify")
+    return Progress(True, "frames arrived after an idle spell" if pending else "idle: no frames to classify")
+
+
+class ProgressMonitor:
+    """``evaluate_progress`` with the memory it needs: since when frames have been waiting.
+
+    Called every tick by the supervising thread and on each ``/healthz`` request; thread-safe.
+    """
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self._waiting_since: float | None = None
+        self._lock = threading.Lock()
+
+    def check(self, now: float | None = None) -> Progress:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self.pipeline.batcher) == 0:
+                self._waiting_since = None
+            elif self._waiting_since is None:
+                self._waiting_since = now
+            return evaluate_progress(self.pipeline, self.pipeline.cfg.service.stall_timeout_s, now, self._waiting_since)
 
 
 class RateMeter:

@@ -15,7 +15,7 @@ import threading
 import time
 
 from streamclf.config import ConfigError, load_config
-from streamclf.service.health import Progress, RateMeter, evaluate_progress
+from streamclf.service.health import Progress, ProgressMonitor, RateMeter
 from streamclf.service.metrics import MetricsServer, PipelineMetrics
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import ReloadError, apply_reload, plan_reload
@@ -36,6 +36,7 @@ class Service:
         self.reload_requested = threading.Event()
         self.started_monotonic = time.monotonic()
         self.fps = RateMeter(window_s=10.0)
+        self.monitor = ProgressMonitor(pipeline)
         classifier = pipeline.classifier
         self.metrics = PipelineMetrics(self.figures, {
             "model": pipeline.cfg.model.name,
@@ -55,7 +56,7 @@ class Service:
     # -- figures ------------------------------------------------------------------
 
     def progress(self) -> Progress:
-        return evaluate_progress(self.pipeline, self.pipeline.cfg.service.stall_timeout_s)
+        return self.monitor.check()
 
     def figures(self) -> dict:
         """The snapshot behind /metrics, <prefix>/stats and STATUS= (thread-safe enough to call from HTTP)."""
