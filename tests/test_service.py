@@ -516,3 +516,16 @@ def test_sighup_applies_a_changed_config_and_rejects_an_invalid_one(tmp_path, br
     assert "MQTT reconnected" in [r for r in _json_lines(daemon) if r["message"].startswith("config reloaded")][2]["message"]
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_unit_file_security_exposure_stays_low(tmp_path):
+    unit = tmp_path / "streamclf.service"
+    unit.write_text(UNIT.read_text().replace("/opt/streamclf/.venv/bin/streamclf", shutil.which("true")))
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20", "--no-pager", str(unit)],
+                       capture_output=True, text=True, timeout=60)
+    if "--offline" in r.stderr and "unrecognized" in r.stderr:
+        pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
+    # Exposure is 0..10 (the threshold 0..100): 2.0 or less is systemd's "OK" band.
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr
+    assert "Overall exposure level for streamclf.service" in r.stdout
