@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from streamclf.config import ConfigError, MqttConfig, parse_config
 from streamclf.service.health import ProgressMonitor, RateMeter, evaluate_progress
@@ -242,7 +243,7 @@ def test_missing_credential_is_a_config_error_with_key_and_line(tmp_path):
 
 # --------------------------------------------------------------------------- reload plans
 
-def _cfg(**changes) -> "object":
+def _cfg(**changes):
     base = {
         "model": {"name": "m"},
         "labels": {"a": {"threshold": 0.5}, "b": {}, "bg": {"background": True}},
@@ -250,7 +251,6 @@ def _cfg(**changes) -> "object":
     }
     for key, value in changes.items():
         base[key] = value
-    import yaml
     return parse_config(yaml.safe_dump(base), env={})
 
 
