@@ -273,7 +273,11 @@ def _cfg(**changes):
          {"cameras_restarted": ("one",)}),
         ({"events": {"snapshots": {"quality": 50}}}, {"labels_changed": True, "snapshots_changed": True}),
         ({"mqtt": {"port": 1884}}, {"mqtt_changed": True}),
-        ({"model": {"name": "m", "batch_size": 2}}, {"model_changed": ("batch_size",)}),
+        ({"model": {"name": "m", "batch_size": 2}}, {"restart_needed": ("model.batch_size",)}),
+        ({"mqtt": {"topic_prefix": "other"}}, {"restart_needed": ("mqtt.topic_prefix",), "mqtt_changed": False}),
+        ({"mqtt": {"topic_prefix": "other", "keepalive_s": 10}},
+         {"restart_needed": ("mqtt.topic_prefix",), "mqtt_changed": True}),
+        ({"homeassistant": {"enabled": False}}, {"restart_needed": ("homeassistant.enabled",)}),
         ({"metrics": {"enabled": True}}, {"metrics_changed": True}),
     ],
 )
@@ -502,18 +506,20 @@ def test_sighup_applies_a_changed_config_and_rejects_an_invalid_one(tmp_path, br
     [removed] = [r for r in _json_lines(daemon) if r["message"].startswith("config reloaded")][1:]
     assert "cameras removed: cam2" in removed["message"]
 
-    # MQTT settings: the publisher reconnects; retained state follows to the new prefix.
-    moved = f"{prefix}b"
-    with MqttCollector(broker.host, broker.port, f"{moved}/#") as coll2:
-        write_config(path, base_config(tiny_clip_dir, broker, moved, cams, labels=new_labels))
-        daemon.signal(signal.SIGHUP)
-        wait_log(daemon, "config reloaded", count=3)
-        coll2.wait_for(lambda m: len(coll2.json_messages(f"{moved}/cam/detection")) >= 2, timeout=20)
-        assert read_retained(broker.host, broker.port, f"{moved}/available") == b"online"
-        assert read_retained(broker.host, broker.port, f"{moved}/cam/status") == b"online"
-        assert read_retained(broker.host, broker.port, f"{moved}/cam/red_thing") in (b"ON", b"OFF")
-        assert read_retained(broker.host, broker.port, f"{prefix}/available") == b"offline"
-    assert "MQTT reconnected" in [r for r in _json_lines(daemon) if r["message"].startswith("config reloaded")][2]["message"]
+    # MQTT settings: the publisher reconnects in place; a new topic prefix waits for a restart.
+    collector.clear()
+    write_config(path, base_config(tiny_clip_dir, broker, prefix, cams, labels=new_labels,
+                                   mqtt={"keepalive_s": 10, "client_id": f"{prefix}-reloaded",
+                                         "topic_prefix": f"{prefix}b"}))
+    daemon.signal(signal.SIGHUP)
+    wait_log(daemon, "config reloaded", count=3)
+    wait_log(daemon, "MQTT connected", count=2)
+    collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/cam/detection")) >= 4, timeout=20)
+    assert any(t == f"{prefix}/available" and p == b"online" for t, p, _ in collector.all)
+    assert read_retained(broker.host, broker.port, f"{prefix}/available") == b"online"
+    records = _json_lines(daemon)
+    assert "MQTT reconnected" in [r for r in records if r["message"].startswith("config reloaded")][2]["message"]
+    assert any("mqtt.topic_prefix" in r["message"] and "restart" in r["message"] for r in records)
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(15) == 0
 

@@ -4,10 +4,12 @@
 out: only cameras whose capture settings changed are (re)started, label text embeddings
 are re-encoded only when prompts or label names changed, alerting rules (thresholds,
 hysteresis, zones, events) go to the decider, which ends the events of labels that are
-gone, and the MQTT publisher reconnects only when the ``mqtt`` section changed. The swap
-of config, label embeddings, zones, rules and publisher happens under the pipeline's
-``swap_lock``, i.e. between two batches, so no batch ever sees half of each. Model
-settings need a restart: the running model stays, and the log says so.
+gone, Home Assistant discovery and the control state topics follow, and the MQTT publisher
+reconnects in place only when the ``mqtt`` section changed. The swap of config, label
+embeddings, zones and rules happens under the pipeline's ``swap_lock``, i.e. between two
+batches, so no batch ever sees half of each. Settings that only apply at start (model,
+topic prefix, Home Assistant discovery) need a restart: the running values stay, and the
+log says so.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from streamclf.capture import CameraState
 from streamclf.config import Config
-from streamclf.publisher import MqttPublisher
 from streamclf.snapshots import SnapshotWriter
 from streamclf.zones import ZoneCropper
 
@@ -39,14 +39,14 @@ class ReloadPlan:
     labels_changed: bool = False  # labels, thresholds, a camera's labels/overrides/zones, or events
     snapshots_changed: bool = False
     mqtt_changed: bool = False
-    model_changed: tuple[str, ...] = ()  # model.* keys that differ; they need a restart
+    restart_needed: tuple[str, ...] = ()  # keys that differ but only apply at start: model.*, topic prefix, homeassistant.*
     metrics_changed: bool = False
     service_changed: bool = False
 
     @property
     def empty(self) -> bool:
         return not (self.cameras_added or self.cameras_removed or self.cameras_restarted or self.labels_changed
-                    or self.mqtt_changed or self.model_changed or self.metrics_changed or self.service_changed)
+                    or self.mqtt_changed or self.restart_needed or self.metrics_changed or self.service_changed)
 
     def describe(self) -> str:
         parts = []
@@ -83,7 +83,13 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         old.cameras[n].model_dump(include=scoring) != new.cameras[n].model_dump(include=scoring)
         for n in new.cameras if n in old.cameras
     )
-    model_changed = tuple(k for k, v in new.model.model_dump().items() if old.model.model_dump()[k] != v)
+    restart_needed = tuple(f"model.{k}" for k, v in new.model.model_dump().items() if old.model.model_dump()[k] != v)
+    if old.mqtt.topic_prefix != new.mqtt.topic_prefix:
+        restart_needed += ("mqtt.topic_prefix",)  # every topic, subscription and retained state derives from it
+    restart_needed += tuple(
+        f"homeassistant.{k}" for k, v in new.homeassistant.model_dump().items() if old.homeassistant.model_dump()[k] != v
+    )
+    same_prefix = {"topic_prefix": old.mqtt.topic_prefix}
     return ReloadPlan(
         cameras_added=added,
         cameras_removed=removed,
@@ -91,8 +97,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         reencode_labels=reencode,
         labels_changed=reencode or old.labels != new.labels or scoring_changed or old.events != new.events,
         snapshots_changed=old.events.snapshots != new.events.snapshots,
-        mqtt_changed=old.mqtt != new.mqtt,
-        model_changed=model_changed,
+        mqtt_changed=old.mqtt != new.mqtt.model_copy(update=same_prefix),
+        restart_needed=restart_needed,
         metrics_changed=old.metrics != new.metrics,
         service_changed=old.service != new.service,
     )
@@ -105,16 +111,19 @@ def apply_reload(pipeline, new: Config, plan: ReloadPlan, swap_timeout_s: float 
     within ``swap_timeout_s`` seconds (a model call that long is the watchdog's business).
     """
     old = pipeline.cfg
-    if plan.model_changed:
+    if plan.restart_needed:
         log.warning(
-            "config reload: model settings changed (%s); they take effect after a restart, the running model stays",
-            ", ".join(f"model.{k}" for k in plan.model_changed),
+            "config reload: %s changed; that takes effect after a restart, the running value stays",
+            ", ".join(plan.restart_needed),
         )
-        new = new.model_copy(update={"model": old.model})
+        new = new.model_copy(update={
+            "model": old.model,
+            "homeassistant": old.homeassistant,
+            "mqtt": new.mqtt.model_copy(update={"topic_prefix": old.mqtt.topic_prefix}),
+        })
     # The slow parts happen before the swap, while batches keep running.
     label_set = pipeline.classifier.encode_labels({n: lc.prompts_for(n) for n, lc in new.labels.items()}) \
         if plan.reencode_labels else None
-    publisher = MqttPublisher(new.mqtt) if plan.mqtt_changed else None
     zones = ZoneCropper(new.cameras)
     snapshots = None
     if plan.snapshots_changed:
@@ -124,28 +133,27 @@ def apply_reload(pipeline, new: Config, plan: ReloadPlan, swap_timeout_s: float 
             pipeline.base_dir,
         )
 
+    # Between two batches (swap_lock), and not while runtime control changes labels (_labels_lock).
     if not pipeline.swap_lock.acquire(timeout=swap_timeout_s):
         raise ReloadError(f"a batch has been running for more than {swap_timeout_s:g} s; the reload was not applied")
     old_snapshots = None
     try:
-        pipeline.cfg = new
-        if label_set is not None:
-            pipeline.label_set = label_set
-        pipeline.zones = zones
-        decisions = [pipeline.decider.update_config(new)]  # labels that are gone end their events, turn OFF
-        for name in plan.cameras_restarted:
-            if old.cameras[name].enabled != new.cameras[name].enabled:
-                decisions.append(pipeline.decider.set_camera_enabled(name, new.cameras[name].enabled))
-        if publisher is not None:
-            _swap_publisher(pipeline, publisher)
-        if snapshots is not None:
-            snapshots.start()
-            old_snapshots, pipeline.snapshots = pipeline.snapshots, snapshots
-        pipeline.alerts.cfg = new
-        pipeline.alerts.publisher = pipeline.publisher
-        pipeline.alerts.snapshots = pipeline.snapshots
-        for d in decisions:
-            pipeline.alerts.publish(d)
+        with pipeline._labels_lock:
+            pipeline.cfg = new
+            if label_set is not None:
+                pipeline.label_set = label_set
+            pipeline.zones = zones
+            decisions = [pipeline.decider.update_config(new)]  # labels that are gone end their events, turn OFF
+            for name in plan.cameras_restarted:
+                if old.cameras[name].enabled != new.cameras[name].enabled:
+                    decisions.append(pipeline.decider.set_camera_enabled(name, new.cameras[name].enabled))
+            if snapshots is not None:
+                snapshots.start()
+                old_snapshots, pipeline.snapshots = pipeline.snapshots, snapshots
+            pipeline.alerts.cfg = new
+            pipeline.alerts.snapshots = pipeline.snapshots
+            for d in decisions:
+                pipeline.alerts.publish(d)
     finally:
         pipeline.swap_lock.release()
     if old_snapshots is not None:
@@ -155,26 +163,11 @@ def apply_reload(pipeline, new: Config, plan: ReloadPlan, swap_timeout_s: float 
         pipeline.remove_camera(name)
     for name in plan.cameras_restarted + plan.cameras_added:
         pipeline.add_camera(name, new.cameras[name])
+    if plan.cameras_added or plan.cameras_removed or plan.labels_changed:
+        # Home Assistant entities and the control state topics follow the cameras and labels.
+        pipeline.control.publish_state(new)
+        pipeline.discovery.announce(new)
+    if plan.mqtt_changed:
+        pipeline.publisher.reconfigure(new.mqtt)
+        log.info("MQTT: reconnecting to %s:%d with the new settings", new.mqtt.host, new.mqtt.port)
     return new
-
-
-def _swap_publisher(pipeline, new: MqttPublisher) -> None:
-    old: MqttPublisher = pipeline.publisher
-    # Old first: if both use the same broker and prefix, the last word on <prefix>/available must be "online".
-    old.stop(flush_timeout_s=1.0)
-    for topic_filter, handler in dict(old._subscriptions).items():
-        new.subscribe(topic_filter, handler)
-    # Retained state (label ON/OFF, snapshots) moves along, under the new prefix if that changed.
-    for topic, msg in dict(old._retained_state).items():
-        if topic == old.topic("available"):
-            continue
-        if topic.startswith(old.prefix + "/"):
-            topic = new.prefix + topic[len(old.prefix):]
-        new.set_retained(topic, msg.payload, msg.qos)
-    pipeline.publisher = new  # before the statuses: a camera reporting meanwhile reaches the new one
-    for name in pipeline.cfg.cameras:
-        cam = pipeline.cameras.get(name)
-        online = cam is not None and cam.state is CameraState.ONLINE
-        new.set_retained(new.topic(name, "status"), "online" if online else "offline")
-    new.start()
-    log.info("MQTT: publishing to %s:%d under %s/ now", new.cfg.host, new.cfg.port, new.prefix)
