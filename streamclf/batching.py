@@ -71,7 +71,8 @@ class Batcher:
             self._drop(camera, reason)
 
     def put(self, frame: Frame, policy: DropPolicy, timeout: float | None = None) -> bool:
-        """Queue ``frame``; True if it was queued. WAIT blocks up to ``timeout`` seconds (None: forever)."""
+        """Queue ``frame``; True if it was queued. WAIT blocks up to ``timeout`` seconds (None: forever)
+        and returns False when the time is up, leaving the frame to the producer."""
         with self._cond:
             if self._closed:
                 return False
@@ -85,7 +86,8 @@ class Batcher:
                 if policy is DropPolicy.WAIT:
                     ok = self._cond.wait_for(lambda: self._closed or len(self._pending) < self.max_pending, timeout)
                     if not ok or self._closed:
-                        self._drop(frame.camera, DropReason.QUEUE_FULL)
+                        # Not counted as a drop: a WAIT producer still holds the frame and retries it
+                        # (or is shutting down), so nothing was lost yet.
                         return False
                 else:
                     _, oldest = self._pending.popleft()
