@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
 from streamclf.config import Config
 from streamclf.decisions import Decisions, Event, EventType, StateChange
@@ -38,6 +39,7 @@ class AlertPublisher:
         self.snapshots = snapshots
         self.detections_published = 0
         self.events_published = 0
+        self.published_by: Counter[tuple[str, str, str]] = Counter()  # (detection | event, camera, label): metrics
         self.state_changes_published = 0
 
     def publish(self, decisions: Decisions) -> None:
@@ -47,11 +49,13 @@ class AlertPublisher:
             for d in decisions.detections:
                 p.publish(p.topic(d.camera, "detection"), d.payload(now), qos=qos)
                 self.detections_published += 1
+                self.published_by[("detection", d.camera, d.label)] += 1
         # States before events: a consumer reacting to an event finds the state already changed.
         self.publish_states(decisions.state_changes)
         for event in decisions.events:
             p.publish(p.topic(event.camera, "event"), event.payload(), qos=qos)
             self.events_published += 1
+            self.published_by[("event", event.camera, event.label)] += 1
             self._snapshot(event)
 
     def publish_states(self, changes) -> None:

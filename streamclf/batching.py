@@ -83,7 +83,8 @@ class Batcher:
             self._drop(camera, reason)
 
     def put(self, frame: Frame, policy: DropPolicy, timeout: float | None = None) -> bool:
-        """Queue ``frame``; True if it was queued. WAIT blocks up to ``timeout`` seconds (None: forever)."""
+        """Queue ``frame``; True if it was queued. WAIT blocks up to ``timeout`` seconds (None: forever)
+        and returns False when the time is up, leaving the frame to the producer."""
         with self._cond:
             if self._closed:
                 return False
@@ -97,7 +98,8 @@ class Batcher:
                 if policy is DropPolicy.WAIT:
                     ok = self._cond.wait_for(lambda: self._closed or len(self._pending) < self.max_pending, timeout)
                     if not ok or self._closed:
-                        self._drop(frame.camera, DropReason.QUEUE_FULL)
+                        # Not counted as a drop: a WAIT producer still holds the frame and retries it
+                        # (or is shutting down), so nothing was lost yet.
                         return False
                 else:
                     _, oldest = self._pending.popleft()
@@ -134,6 +136,11 @@ class Batcher:
             batch = [self._pending.popleft()[1] for _ in range(n)]
             self._cond.notify_all()  # producers blocked on WAIT
             return batch
+
+    def set_max_frame_age(self, camera: str, max_age_s: float | None) -> None:
+        """Set (or change, on a reload) ``camera``'s stale limit in seconds; None keeps all its frames."""
+        with self._cond:
+            self.max_frame_age_by_camera[camera] = max_age_s
 
     def _max_age(self, camera: str) -> float | None:
         return self.max_frame_age_by_camera.get(camera, self.max_frame_age_s)

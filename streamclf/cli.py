@@ -72,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     from streamclf.classifier import ClipClassifier, ModelLoadError
     from streamclf.pipeline import Pipeline
+    from streamclf.service.runtime import Service
 
     log.info("streamclf %s starting with %s", __version__, os.path.abspath(args.config))
     try:
@@ -80,8 +81,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     pipeline = Pipeline(cfg, classifier, base_dir=os.path.dirname(os.path.abspath(args.config)))
+    service = Service(pipeline, os.path.abspath(args.config))
     _install_signal_handlers(pipeline.stop_event)
-    rc = pipeline.run()
+    # SIGHUP only sets a flag; the main thread re-reads the config on its next tick.
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.request_reload())
+    rc = service.run()
     # Camera reader threads that are blocked inside OpenCV (a stalled read, a slow open) are abandoned,
     # not joined. Normal interpreter finalisation would kill them mid-call, and unwinding through
     # OpenCV's C++ aborts the process ("FATAL: exception not rethrown", SIGABRT) instead of exiting 0.

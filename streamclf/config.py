@@ -32,6 +32,11 @@ class MqttConfig(_Model):
     client_id: str | None = Field(None, description="MQTT client id; default streamclf-<hostname>.")
     username: str | None = Field(None, description="Broker user name.")
     password: str | None = Field(None, description="Broker password; use ${MQTT_PASSWORD}, not a literal.")
+    password_credential: str | None = Field(
+        None,
+        description="Name of a systemd credential (LoadCredential=) holding the broker password, "
+        "read from $CREDENTIALS_DIRECTORY/<name>; instead of password.",
+    )
     qos: Literal[0, 1, 2] = Field(1, description="QoS of detection messages.")
     keepalive_s: int = Field(30, ge=5, description="MQTT keepalive, seconds.")
     max_queued_messages: int = Field(
@@ -45,9 +50,47 @@ class MqttConfig(_Model):
             raise ValueError("must not contain '#' or '+' nor start or end with '/'")
         return v
 
+    @field_validator("password_credential")
+    @classmethod
+    def _credential_name(cls, v: str | None) -> str | None:
+        if v is not None and (not v or "/" in v or v in (".", "..")):
+            raise ValueError("must be a credential name (a file name, no '/')")
+        return v
+
+    @model_validator(mode="after")
+    def _one_password(self) -> "MqttConfig":
+        if self.password is not None and self.password_credential is not None:
+            raise ValueError("set password or password_credential, not both")
+        return self
+
     @property
     def effective_client_id(self) -> str:
         return self.client_id or f"streamclf-{socket.gethostname()}"
+
+    def resolve_password(self, env: dict | None = None) -> str | None:
+        """The broker password: ``password``, or the credential file ``password_credential`` names.
+
+        Raises ValueError naming the credential and the directory when it cannot be read, so
+        a unit file without the matching ``LoadCredential=`` fails with a message that says so.
+        """
+        if self.password_credential is None:
+            return self.password
+        env = os.environ if env is None else env
+        directory = env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError(
+                f"credential {self.password_credential!r} is configured but $CREDENTIALS_DIRECTORY is not set "
+                f"(add LoadCredential={self.password_credential}:/path/to/secret to the unit, or run under systemd)"
+            )
+        path = Path(directory) / self.password_credential
+        try:
+            # A trailing newline from `echo secret > file` is never part of the password.
+            return path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(
+                f"credential {self.password_credential!r} cannot be read from {path}: {exc.strerror or exc} "
+                f"(is LoadCredential={self.password_credential}:... in the unit?)"
+            ) from None
 
 
 class ModelConfig(_Model):
@@ -242,10 +285,29 @@ class HomeAssistantConfig(_Model):
         return self.status_topic or f"{self.discovery_prefix}/status"
 
 
+class MetricsConfig(_Model):
+    enabled: bool = Field(False, description="Serve Prometheus metrics and /healthz over HTTP.")
+    host: str = Field("127.0.0.1", description="Address the metrics server listens on; 0.0.0.0 for every interface.")
+    port: int = Field(9108, ge=1, le=65535, description="TCP port of the metrics server.")
+
+
+class ServiceConfig(_Model):
+    stall_timeout_s: float = Field(
+        30, gt=0,
+        description="Seconds without progress (a model call running, or frames waiting and none classified) "
+        "after which the pipeline counts as hung: watchdog pings stop and /healthz says 503.",
+    )
+    stats_interval_s: float = Field(
+        60, ge=0, description="Seconds between <prefix>/stats messages; 0 turns them off."
+    )
+
+
 class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
     labels: dict[str, LabelConfig] = Field(description="Label name -> how to recognise it.")
     cameras: dict[str, CameraConfig] = Field(description="Camera name -> source and sampling.")
     events: EventsConfig = Field(default_factory=EventsConfig)
@@ -396,6 +458,10 @@ def parse_config(text: str, source: str = "<config>", env: dict | None = None) -
             problems.append(_problem(tuple(err["loc"]), msg, lines))
         raise ConfigError(source, problems) from None
     problems = [_problem(loc, msg, lines) for loc, msg in cfg.cross_check_problems()]
+    try:
+        cfg.mqtt.resolve_password(env)
+    except ValueError as exc:
+        problems.append(_problem(("mqtt", "password_credential"), str(exc), lines))
     if problems:
         raise ConfigError(source, problems)
     return cfg

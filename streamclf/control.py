@@ -242,6 +242,10 @@ class Controller:
 
     # -- echoes and errors --------------------------------------------------------
 
+    def publish_state(self, cfg: Config) -> None:
+        """Echo the enabled/threshold/labels state of ``cfg`` (after a config reload), deleting what is gone."""
+        self._publish_state(cfg)
+
     def _publish_state(self, cfg: Config) -> None:
         t = self._publisher.topic
         self._enabled_states.replace({

@@ -92,3 +92,13 @@ class Detection:
         if c.zone is not None:
             body["zone"] = c.zone
         return body
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """One model call, for metrics: how many frames, how long (seconds), and each frame's age
+    (seconds from capture to classification) in batch order."""
+
+    size: int
+    duration_s: float
+    frame_ages_s: tuple[float, ...]

@@ -13,6 +13,7 @@ import re
 import sys
 import time
 
+_CAMERA_LINE = re.compile(r"camera ([A-Za-z0-9_][A-Za-z0-9_-]*): ")
 _CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 
 
@@ -49,6 +50,11 @@ class JsonFormatter(logging.Formatter):
         for key in ("camera", "label"):
             if hasattr(record, key):
                 body[key] = getattr(record, key)
+        if "camera" not in body:
+            # Camera lines read "camera <name>: ..." everywhere; give shippers the name as a field too.
+            m = _CAMERA_LINE.match(body["message"])
+            if m:
+                body["camera"] = m.group(1)
         if record.exc_text:
             body["exception"] = record.exc_text
         return json.dumps(body)

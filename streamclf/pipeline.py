@@ -11,18 +11,20 @@ stuck camera or model call.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections import Counter
 from typing import Callable, Mapping
 
 from streamclf.alerts import AlertPublisher
 from streamclf.batching import Batcher, DropReason
 from streamclf.capture import Camera, CameraState, CameraStatus, FileCamera, make_camera
 from streamclf.classifier import ClipClassifier, LabelSet
-from streamclf.config import Config, LabelConfig
+from streamclf.config import CameraConfig, Config, LabelConfig
 from streamclf.control import Controller
 from streamclf.decisions import AlertDecider
-from streamclf.entities import Classification, Frame
+from streamclf.entities import BatchReport, Classification, Frame
 from streamclf.homeassistant import HomeAssistantDiscovery
 from streamclf.publisher import MqttPublisher
 from streamclf.snapshots import SnapshotWriter
@@ -69,6 +71,21 @@ class Pipeline:
         self._top_labels: dict[str, str] = {}
         self.discovery = HomeAssistantDiscovery(cfg, self.publisher)
         self.control = Controller(self, self.publisher, on_labels_changed=self.discovery.announce)
+        # Service glue (streamclf/service) reads these counters and hooks in here; the pipeline
+        # itself never imports it.
+        self.classified_by_camera: Counter[str] = Counter()
+        self.camera_reconnects: Counter[str] = Counter()
+        self.batches = 0
+        self.batch_started: float | None = None  # monotonic start of the model call in flight
+        self.batch_listeners: list[Callable[[BatchReport], None]] = []
+        self.started_hooks: list[Callable[[], None]] = []
+        self.tick_hooks: list[Callable[[], None]] = []  # main thread, every 0.2 s
+        self.stopping_hooks: list[Callable[[], None]] = []
+        # Held for a whole batch, model call included: a config reload (streamclf/service/reload.py)
+        # swaps cameras, zones and labels between batches, never in the middle of one. It takes
+        # _labels_lock too, after this one, since runtime control changes labels under that alone.
+        self.swap_lock = threading.Lock()
+        self._stall_after_batches = _test_stall_after_batches()
 
     def _encode_labels(self, cfg: Config) -> LabelSet:
         return self.classifier.encode_labels({n: lc.prompts_for(n) for n, lc in cfg.labels.items()})
@@ -78,6 +95,8 @@ class Pipeline:
     def _on_camera_status(self, status: CameraStatus) -> None:
         if self.stop_event.is_set() and status.state is not CameraState.STOPPED:
             return  # a camera thread winding down must not overwrite the final "stopped"
+        if status.state is CameraState.OFFLINE:
+            self.camera_reconnects[status.camera] += 1  # every OFFLINE report precedes a reconnect attempt
         online = status.state is CameraState.ONLINE
         self.publisher.set_retained(self.publisher.topic(status.camera, "status"), "online" if online else "offline")
         self.publisher.set_retained(self.publisher.topic(status.camera, "status", "detail"), status.detail())
@@ -115,8 +134,23 @@ class Pipeline:
             self._classify(batch)
 
     def _classify(self, batch: list[Frame]) -> None:
-        batch = [batch[i] for i in self._unpaused(batch)]
+        with self.swap_lock:
+            self.batch_started = started = time.monotonic()
+            try:
+                self._classify_batch(batch, started)
+            finally:
+                self.batch_started = None
+
+    def _classify_batch(self, batch: list[Frame], started: float) -> None:
+        if self._stall_after_batches is not None and self.batches >= self._stall_after_batches:
+            log.warning("STREAMCLF_TEST_STALL_AFTER_BATCHES: the inference thread stalls now (test-only fault)")
+            self.stop_event.wait()
+            return
+        self.batches += 1
+        # Frames of a camera paused at runtime (counted as drops) or removed by a reload are not classified.
+        batch = [batch[i] for i in self._unpaused(batch) if batch[i].camera in self.cfg.cameras]
         self.classified += len(batch)
+        self.classified_by_camera.update(f.camera for f in batch)
         items = self.zones.expand(batch)  # one image per zone (or per frame), all in one model call
         if not items:
             self.last_progress = time.monotonic()
@@ -129,7 +163,9 @@ class Pipeline:
                 items, embeddings = [items[i] for i in keep], embeddings[keep]
             label_set = self.label_set
             subsets = [self.cfg.labels_for(item.frame.camera) for item in items]
-            for item, scores in zip(items, self.classifier.score(embeddings, label_set, subsets)):
+            scored = self.classifier.score(embeddings, label_set, subsets)
+            done = time.monotonic()
+            for item, scores in zip(items, scored):
                 frame = item.frame
                 c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic,
                                    scores, zone=item.zone, image=item.image)
@@ -138,6 +174,12 @@ class Pipeline:
                         listener(c)
                     except Exception:  # a failing sink is logged; the pipeline goes on
                         log.exception("camera %s: handling a classification failed", c.camera)
+        report = BatchReport(len(batch), done - started, tuple(done - f.captured_monotonic for f in batch))
+        for listener in self.batch_listeners:
+            try:
+                listener(report)
+            except Exception:
+                log.exception("batch listener failed")
         self.last_progress = time.monotonic()
 
     def _unpaused(self, batch: list[Frame]) -> list[int]:
@@ -213,6 +255,11 @@ class Pipeline:
             self.alerts.publish(self.decider.update_labels(new_cfg.labels))
         return new_cfg
 
+    @property
+    def published_by(self) -> Counter[tuple[str, str, str]]:
+        """Messages published so far by (kind: detection | event, camera, label)."""
+        return self.alerts.published_by
+
     def _all_files_done(self) -> bool:
         cams = list(self.cameras.values())
         return bool(cams) and all(isinstance(c, FileCamera) and c.finished for c in cams) and len(self.batcher) == 0
@@ -233,11 +280,48 @@ class Pipeline:
             if not cam_cfg.enabled:
                 log.info("camera %s: disabled in the config", name)
                 continue
-            self.cameras[name] = make_camera(name, cam_cfg, self.batcher, self._on_camera_status, self.base_dir)
+            self.cameras[name] = self._make_camera(name, cam_cfg)
         for cam in self.cameras.values():
             cam.start()
         self._inference.start()
         log.info("started %d camera(s): %s", len(self.cameras), ", ".join(self.cameras) or "none")
+        _call_hooks(self.started_hooks)
+
+    def _make_camera(self, name: str, cam_cfg: CameraConfig) -> Camera:
+        holder: list[Camera] = []
+
+        def on_status(status: CameraStatus) -> None:
+            # A camera replaced by a reload may still report while it winds down; only the current one counts.
+            if holder and self.cameras.get(name) is holder[0]:
+                self._on_camera_status(status)
+
+        self.batcher.set_max_frame_age(name, cam_cfg.effective_max_frame_age_s)
+        cam = make_camera(name, cam_cfg, self.batcher, on_status, self.base_dir)
+        holder.append(cam)
+        return cam
+
+    def add_camera(self, name: str, cam_cfg: CameraConfig) -> None:
+        """Open and start camera ``name`` while running (a reload added or changed it)."""
+        state = CameraState.STARTING if cam_cfg.enabled else CameraState.DISABLED
+        self._on_camera_status(CameraStatus(name, state, state.value))
+        if not cam_cfg.enabled:
+            log.info("camera %s: disabled in the config", name, extra={"camera": name})
+            return
+        cam = self._make_camera(name, cam_cfg)
+        # Replace, never mutate: other threads (metrics, health) iterate over the dict.
+        self.cameras = {**self.cameras, name: cam}
+        cam.start()
+        log.info("camera %s: started", name, extra={"camera": name})
+
+    def remove_camera(self, name: str, join_timeout_s: float = 2.0) -> None:
+        """Stop camera ``name`` (waiting up to ``join_timeout_s`` seconds) and mark it offline."""
+        cam = self.cameras.get(name)
+        if cam is not None:
+            self.cameras = {k: v for k, v in self.cameras.items() if k != name}
+            cam.stop()
+            cam.join(join_timeout_s)
+            log.info("camera %s: stopped", name, extra={"camera": name})
+        self._on_camera_status(CameraStatus(name, CameraState.STOPPED, "removed or restarted by a reload"))
 
     def run(self) -> int:
         """Start, wait for a stop request or for every file camera to end, shut down; exit code."""
@@ -250,11 +334,17 @@ class Pipeline:
             if time.monotonic() - self._drops_logged_at >= self.drop_log_interval_s:
                 self.log_drops()
                 self._drops_logged_at = time.monotonic()
+            _call_hooks(self.tick_hooks)
         ended_by_files = not self.stop_event.is_set()
+        _call_hooks(self.stopping_hooks)
         self.shutdown()
         if ended_by_files:
             log.info("every camera has ended: %d frames classified, %d detections", self.classified, self.detections_published)
         return 0
+
+    @property
+    def inference_alive(self) -> bool:
+        return self._inference.is_alive()
 
     def shutdown(self) -> None:
         deadline = time.monotonic() + self.shutdown_budget_s
@@ -282,3 +372,18 @@ class Pipeline:
         self.publisher.stop(flush_timeout_s=max(0.5, deadline - time.monotonic() - 0.5))
         for cam in self.cameras.values():
             cam.join(0.05)
+
+
+def _call_hooks(hooks: list[Callable[[], None]]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:  # service glue must never take the pipeline down
+            log.exception("pipeline hook %s failed", getattr(hook, "__qualname__", hook))
+
+
+def _test_stall_after_batches() -> int | None:
+    """TEST-ONLY fault: ``STREAMCLF_TEST_STALL_AFTER_BATCHES=N`` blocks the inference thread after N
+    batches, as a hung model call would, so tests can see the watchdog pings stop. Never set it in production."""
+    value = os.environ.get("STREAMCLF_TEST_STALL_AFTER_BATCHES")
+    return int(value) if value else None

@@ -65,19 +65,52 @@ class MqttPublisher:
         self.last_error = ""
         self._last_overflow_warning = 0.0
 
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id, protocol=mqtt.MQTTv311
-        )
-        if cfg.username:
-            self.client.username_pw_set(cfg.username, cfg.password)
-        self.client.will_set(self.topic("available"), "offline", qos=1, retain=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self.client.max_inflight_messages_set(self.inflight_window)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
+        self.client = self._new_client(cfg)
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+
+    def _new_client(self, cfg: MqttConfig) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id, protocol=mqtt.MQTTv311)
+        if cfg.username:
+            client.username_pw_set(cfg.username, cfg.resolve_password())
+        client.will_set(self.topic("available"), "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(self.inflight_window)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        for topic_filter, handler in self._subscriptions.items():
+            client.message_callback_add(topic_filter, lambda c, u, m, h=handler: self._dispatch(h, m))
+        return client
+
+    def reconfigure(self, cfg: MqttConfig, flush_timeout_s: float = 1.0) -> None:
+        """Reconnect with new settings (broker, credentials, client id, keepalive, QoS, queue bound).
+
+        The queue, the retained state and the subscriptions stay, and so does every component
+        holding this publisher. ``<prefix>/available`` goes ``offline`` on the old connection
+        first. QoS>0 messages the old connection had not had acknowledged within
+        ``flush_timeout_s`` seconds are lost (and logged). The topic prefix cannot change here:
+        too many topics and subscriptions are derived from it.
+        """
+        if cfg.topic_prefix != self.prefix:
+            raise ValueError("mqtt.topic_prefix cannot change while running")
+        self.set_retained(self.topic("available"), "offline")
+        self.flush(flush_timeout_s)
+        old = self.client
+        with self._cond:
+            self._connected = False  # the sender waits until the new client connects
+            self.cfg = cfg
+            self.client = self._new_client(cfg)
+        old.disconnect()
+        old.loop_stop()
+        with self._cond:
+            lost = self._unacked()
+            self._inflight.clear()  # the old client will never complete these
+        if lost:
+            log.warning("MQTT: %d message(s) unacknowledged by the old connection are lost", lost)
+        self.set_retained(self.topic("available"), "online")
+        self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self.client.loop_start()
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))

@@ -72,6 +72,10 @@ def test_wait_policy_blocks_producer_until_room():
     assert len(b.next_batch(timeout=0)) == 2
     assert done.wait(2)
     assert not b.drops
+    # A WAIT producer whose time runs out keeps its frame to retry: nothing is counted as dropped.
+    b.put(frame("a", 3), DropPolicy.WAIT)
+    assert not b.put(frame("a", 4), DropPolicy.WAIT, timeout=0.05)
+    assert not b.drops
 
 
 def test_stale_frames_are_dropped_not_classified():

@@ -1,0 +1,88 @@
+"""Is the pipeline making progress? One answer for the systemd watchdog, ``/healthz`` and stats.
+
+Progress means either frames are being classified, or there is honestly nothing to classify
+(cameras idle, offline or ended, nothing waiting in the batcher). What is *not* progress is
+the failure systemd's watchdog exists for: a model call that has run for longer than
+``stall_timeout_s``, frames waiting that nobody has classified for that long, or an
+inference thread that has died. Capture threads report their own states; a camera that
+cannot connect is not a hung daemon, so it does not stop the watchdog.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The verdict: ``ok`` and a short reason a person can read (``classifying``, ``idle: ...``, the fault)."""
+
+    ok: bool
+    reason: str
+
+
+def evaluate_progress(pipeline, stall_timeout_s: float, now: float, waiting_since: float | None) -> Progress:
+    """Judge ``pipeline`` at ``now`` (monotonic seconds); see the module docstring for the rules.
+
+    ``waiting_since`` is when frames were first seen waiting in the batcher without a break
+    (None: none waiting), so that the first frame after a long idle spell is not a stall.
+    """
+    if not pipeline.inference_alive:
+        return Progress(False, "the inference thread has stopped")
+    started = pipeline.batch_started
+    if started is not None and now - started > stall_timeout_s:
+        return Progress(False, f"a model call has been running for {now - started:.0f} s (stall_timeout_s {stall_timeout_s:g})")
+    last = pipeline.last_progress
+    pending = len(pipeline.batcher)
+    if pending and waiting_since is not None and now - max(last, waiting_since) > stall_timeout_s:
+        return Progress(False, f"{pending} frame(s) waiting and none classified for {now - max(last, waiting_since):.0f} s")
+    if now - last <= stall_timeout_s:
+        return Progress(True, "classifying")
+    return Progress(True, "frames arrived after an idle spell" if pending else "idle: no frames to classify")
+
+
+class ProgressMonitor:
+    """``evaluate_progress`` with the memory it needs: since when frames have been waiting.
+
+    Called every tick by the supervising thread and on each ``/healthz`` request; thread-safe.
+    """
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self._waiting_since: float | None = None
+        self._lock = threading.Lock()
+
+    def check(self, now: float | None = None) -> Progress:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if len(self.pipeline.batcher) == 0:
+                self._waiting_since = None
+            elif self._waiting_since is None:
+                self._waiting_since = now
+            return evaluate_progress(self.pipeline, self.pipeline.cfg.service.stall_timeout_s, now, self._waiting_since)
+
+
+class RateMeter:
+    """Events per second over a sliding window, from a monotonically increasing count."""
+
+    def __init__(self, window_s: float = 10.0):
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def update(self, count: int, now: float | None = None) -> float:
+        """Record ``count`` at ``now`` (monotonic seconds); returns the rate per second over the window."""
+        now = time.monotonic() if now is None else now
+        self._samples.append((now, count))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+        return self.rate
+
+    @property
+    def rate(self) -> float:
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
+        return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0

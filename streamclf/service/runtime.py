@@ -1,0 +1,181 @@
+"""``Service``: attaches systemd notify, the watchdog, metrics, ``/healthz``, ``<prefix>/stats`` and
+SIGHUP reload to a ``Pipeline`` through its hooks.
+
+Everything periodic runs in the pipeline's supervising (main) thread, on its 0.2 s tick:
+if that thread ever hangs, the watchdog pings stop too, which is what we want. The
+watchdog is pinged only while ``evaluate_progress`` says the pipeline makes progress, so
+a hung model call stops the pings and systemd restarts the service (``WatchdogSec=``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from streamclf.config import ConfigError, load_config
+from streamclf.service.health import Progress, ProgressMonitor, RateMeter
+from streamclf.service.metrics import MetricsServer, PipelineMetrics
+from streamclf.service.notify import SystemdNotifier
+from streamclf.service.reload import ReloadError, apply_reload, plan_reload
+from streamclf.service.stats import pipeline_figures, status_line
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Service glue for one pipeline; ``run()`` runs the pipeline and returns its exit code."""
+
+    status_interval_s = 2.0  # systemd's STATUS= line: often enough for `systemctl status`, cheap
+
+    def __init__(self, pipeline, config_path: str, env: dict | None = None):
+        self.pipeline = pipeline
+        self.config_path = config_path
+        self.notifier = SystemdNotifier(env)
+        self.reload_requested = threading.Event()
+        self.started_monotonic = time.monotonic()
+        self.fps = RateMeter(window_s=10.0)
+        self.monitor = ProgressMonitor(pipeline)
+        classifier = pipeline.classifier
+        self.metrics = PipelineMetrics(self.figures, {
+            "model": pipeline.cfg.model.name,
+            "device": str(getattr(classifier, "device", "")),
+            "precision": str(getattr(classifier, "precision", "")),
+        })
+        self.server: MetricsServer | None = None
+        self._progress = Progress(True, "starting")
+        self._last_ping = self._last_status = 0.0
+        self._last_stats = time.monotonic()
+        self._last_status_text = ""
+        pipeline.batch_listeners.append(self.metrics.observe_batch)
+        pipeline.started_hooks.append(self._on_started)
+        pipeline.tick_hooks.append(self._tick)
+        pipeline.stopping_hooks.append(self._on_stopping)
+
+    # -- figures ------------------------------------------------------------------
+
+    def progress(self) -> Progress:
+        return self.monitor.check()
+
+    def figures(self) -> dict:
+        """The snapshot behind /metrics, <prefix>/stats and STATUS= (thread-safe enough to call from HTTP)."""
+        return pipeline_figures(self.pipeline, self.progress(), self.fps.rate, self.started_monotonic)
+
+    def health(self) -> tuple[bool, dict]:
+        """``/healthz``: healthy when the pipeline makes progress and the broker is connected."""
+        progress = self.progress()
+        connected = self.pipeline.publisher.connected
+        reasons = []
+        if not progress.ok:
+            reasons.append(f"pipeline not progressing: {progress.reason}")
+        if not connected:
+            err = self.pipeline.publisher.last_error
+            reasons.append("MQTT broker not connected" + (f" ({err})" if err else ""))
+        body = {
+            "status": "ok" if not reasons else "unhealthy",
+            "reasons": reasons,
+            "progress": progress.reason,
+            "mqtt_connected": connected,
+            "cameras": {n: c.state.value for n, c in dict(self.pipeline.cameras).items()},
+        }
+        return not reasons, body
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            return self.pipeline.run()
+        finally:
+            self._stop_server()
+            self.notifier.close()
+
+    def request_reload(self) -> None:
+        """Called from the SIGHUP handler: only sets a flag; the main thread reloads on its next tick."""
+        self.reload_requested.set()
+
+    def _on_started(self) -> None:
+        self._start_server()
+        f = self.figures()
+        self.notifier.ready(status_line(f))
+        log.info("ready: %s", status_line(f))
+
+    def _on_stopping(self) -> None:
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
+
+    def _start_server(self) -> None:
+        m = self.pipeline.cfg.metrics
+        if not m.enabled:
+            return
+        try:
+            self.server = MetricsServer(self.metrics, self.health, m.host, m.port).start()
+        except OSError as exc:
+            # Classification matters more than its metrics: run on, but say so where operators look.
+            log.error("metrics server cannot listen on %s:%d: %s; running without metrics", m.host, m.port, exc)
+
+    def _stop_server(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    # -- the tick (main thread, every 0.2 s) -----------------------------------------
+
+    def _tick(self) -> None:
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.reload()
+        now = time.monotonic()
+        self.fps.update(self.pipeline.classified, now)
+        progress = self.progress()
+        if progress.ok != self._progress.ok:
+            if progress.ok:
+                log.info("pipeline is making progress again (%s)", progress.reason)
+            else:
+                log.error("pipeline is not making progress: %s; watchdog pings stop", progress.reason)
+        self._progress = progress
+        interval = self.notifier.watchdog_interval_s
+        if interval and progress.ok and now - self._last_ping >= interval:
+            self.notifier.watchdog()
+            self._last_ping = now
+        if self.notifier.enabled and now - self._last_status >= self.status_interval_s:
+            self._last_status = now
+            text = status_line(self.figures())
+            if text != self._last_status_text:
+                self.notifier.status(text)
+                self._last_status_text = text
+        stats_every = self.pipeline.cfg.service.stats_interval_s
+        if stats_every and now - self._last_stats >= stats_every:
+            self._last_stats = now
+            self.publish_stats()
+
+    def publish_stats(self) -> None:
+        pub = self.pipeline.publisher
+        pub.publish(pub.topic("stats"), json.dumps(self.figures(), separators=(",", ":")), qos=0)
+
+    # -- SIGHUP ----------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file and apply what changed; True if applied. Invalid: the old one stays."""
+        log.info("SIGHUP: re-reading %s", self.config_path)
+        self.notifier.reloading()
+        try:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("config reload rejected, the running config stays: %s: %s",
+                          exc.source, "; ".join(str(p) for p in exc.problems))
+                return False
+            old = self.pipeline.cfg
+            plan = plan_reload(old, new)
+            try:
+                apply_reload(self.pipeline, new, plan)
+            except ReloadError as exc:
+                log.error("config reload failed, the running config stays: %s", exc)
+                return False
+            if plan.metrics_changed:
+                self._stop_server()
+                self._start_server()
+            log.info("config reloaded from %s: %s", self.config_path, plan.describe())
+            return True
+        finally:
+            self.notifier.ready()
