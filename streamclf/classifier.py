@@ -86,7 +86,8 @@ def _load_error(name: str, cause: BaseException | str) -> ModelLoadError:
     from huggingface_hub import constants
 
     looked = []
-    if os.path.sep in name or name.startswith(".") or Path(name).exists():
+    # "org/name" reads as a hub id; anything else with a path separator, or that exists, as a directory.
+    if name.startswith((".", "~", "/")) or name.count("/") > 1 or Path(name).exists():
         looked.append(f"the local directory {os.path.abspath(name)} ({'exists' if Path(name).is_dir() else 'not found'})")
     looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
     if constants.HF_HUB_OFFLINE:
