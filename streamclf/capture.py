@@ -53,14 +53,23 @@ class CameraStatus:
 StatusCallback = Callable[[CameraStatus], None]
 
 
-def open_capture(source: int | str, open_timeout_s: float, read_timeout_s: float) -> cv2.VideoCapture:
-    """Open a source with the FFmpeg backend for files and URLs, where the timeouts apply."""
+def open_capture(
+    source: int | str, open_timeout_s: float, read_timeout_s: float, decode_threads: int = 0
+) -> cv2.VideoCapture:
+    """Open a source with the FFmpeg backend for files and URLs, where the timeouts apply.
+
+    ``decode_threads`` caps FFmpeg's decoder threads (0: FFmpeg's default, one per core). Each
+    camera already decodes on its own thread, so one decoder thread per camera by default keeps
+    decoding from fighting the model's threads for the cores.
+    """
     if isinstance(source, int):
         return cv2.VideoCapture(source)
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
     ]
+    if decode_threads:
+        params += [cv2.CAP_PROP_N_THREADS, decode_threads]
     return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
 
 
@@ -125,7 +134,7 @@ class FileCamera(Camera):
         pass_offset_s = 0.0  # media time added per loop pass, so frame_time keeps increasing
         index_offset = 0
         while not self._stop.is_set():
-            cap = open_capture(self.source, 10.0, 10.0)
+            cap = open_capture(self.source, 10.0, 10.0, self.cfg.decode_threads)
             if not cap.isOpened():
                 log.error("camera %s: cannot open video file %s", self.name, redact(str(self.source)))
                 self._set_state(CameraState.ENDED, "cannot open file", error=f"cannot open {self.source}")
@@ -195,7 +204,7 @@ class LiveCamera(Camera):
         attempts = 0
         backoff = self.backoff_initial_s
         while not self._stop.is_set():
-            cap = open_capture(self.source, self.open_timeout_s, self.read_timeout_s)
+            cap = open_capture(self.source, self.open_timeout_s, self.read_timeout_s, self.cfg.decode_threads)
             if not cap.isOpened():
                 attempts += 1
                 err = f"cannot open {redact(str(self.source))}"

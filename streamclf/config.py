@@ -62,6 +62,14 @@ class ModelConfig(_Model):
     batch_size: int = Field(8, ge=1, le=1024, description="Frames per model call at most.")
     max_batch_wait_ms: float = Field(50, ge=0, description="Longest a frame waits for a batch to fill, ms.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores.")
+    opencv_threads: int = Field(
+        1, ge=1, description="OpenCV worker threads (resize, colour conversion); 1 leaves the cores to torch."
+    )
+    preprocess: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description="Where frames are resized and normalised: host (OpenCV) or device (torch, on the GPU); "
+        "auto: device on CUDA, host on the CPU.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -99,6 +107,9 @@ class CameraConfig(_Model):
     )
     loop: bool = Field(False, description="Files only: start again at the end instead of ending.")
     enabled: bool = Field(True, description="A disabled camera is not opened.")
+    decode_threads: int = Field(
+        1, ge=0, le=64, description="FFmpeg decoder threads for this camera; 0: FFmpeg's choice (all cores)."
+    )
 
     @field_validator("source")
     @classmethod
@@ -112,12 +123,27 @@ class CameraConfig(_Model):
         return isinstance(self.source, str) and "://" not in self.source
 
 
+class ChangeGateConfig(_Model):
+    enabled: bool = Field(False, description="Skip the model for frames that barely differ from the last classified one.")
+    grid: int = Field(32, ge=4, le=256, description="Frames are compared as grid x grid colour thumbnails (cells).")
+    cell_delta: int = Field(
+        12, ge=1, le=255, description="A cell has changed when a channel differs by more than this (0..255 levels)."
+    )
+    threshold: float = Field(
+        0.01, ge=0, le=1, description="Fraction of cells (0..1) that must change for a frame to be classified again."
+    )
+    max_reuse_s: float = Field(
+        10.0, gt=0, description="A frame this many seconds (frame time) after the last classified one is always classified."
+    )
+
+
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
 class Config(_Model):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    change_gate: ChangeGateConfig = Field(default_factory=ChangeGateConfig)
     labels: dict[str, LabelConfig] = Field(description="Label name -> how to recognise it.")
     cameras: dict[str, CameraConfig] = Field(description="Camera name -> source and sampling.")
 

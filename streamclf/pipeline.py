@@ -21,6 +21,7 @@ from streamclf.classifier import ClipClassifier, LabelSet
 from streamclf.config import Config
 from streamclf.decisions import ThresholdDecider
 from streamclf.entities import Classification, Frame
+from streamclf.gating import ChangeGate
 from streamclf.publisher import MqttPublisher
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Pipeline:
         self.label_set: LabelSet = self._encode_labels(cfg)
         self.cameras: dict[str, Camera] = {}
         self.classified = 0
+        # Change gating (off by default): unchanged frames reuse their camera's last scores.
+        self.gate: ChangeGate | None = ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
         self.detections_published = 0
         self.last_progress = time.monotonic()
         self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
@@ -66,10 +69,18 @@ class Pipeline:
             self._classify(batch)
 
     def _classify(self, batch: list[Frame]) -> None:
-        embeddings = self.classifier.embed_images([f.image for f in batch])
-        label_set = self.label_set  # one consistent label set per batch, even if it is swapped meanwhile
-        subsets = [self.cfg.labels_for(f.camera) for f in batch]
-        for frame, scores in zip(batch, self.classifier.score(embeddings, label_set, subsets)):
+        plan = self.gate.plan(batch) if self.gate else None
+        to_run = plan.to_run if plan else list(range(len(batch)))
+        results: list = [None] * len(batch)
+        if to_run:
+            embeddings = self.classifier.embed_images([batch[i].image for i in to_run])
+            label_set = self.label_set  # one consistent label set per batch, even if it is swapped meanwhile
+            subsets = [self.cfg.labels_for(batch[i].camera) for i in to_run]
+            for i, scores in zip(to_run, self.classifier.score(embeddings, label_set, subsets)):
+                results[i] = scores
+        if plan:
+            results = self.gate.resolve(plan, results)
+        for frame, scores in zip(batch, results):
             c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic, scores)
             self.classified += 1
             for listener in self._classification_listeners:
@@ -84,6 +95,11 @@ class Pipeline:
         for d in self.decider.detections(c):
             self.publisher.publish(self.publisher.topic(d.camera, "detection"), d.payload(now), qos=self.cfg.mqtt.qos)
             self.detections_published += 1
+
+    @property
+    def skipped_unchanged(self) -> int:
+        """Frames that skipped the model because they matched their camera's last classified frame."""
+        return self.gate.total_skipped if self.gate else 0
 
     def _all_files_done(self) -> bool:
         cams = list(self.cameras.values())
@@ -115,7 +131,10 @@ class Pipeline:
         ended_by_files = not self.stop_event.is_set()
         self.shutdown()
         if ended_by_files:
-            log.info("every camera has ended: %d frames classified, %d detections", self.classified, self.detections_published)
+            log.info(
+                "every camera has ended: %d frames classified (%d reused unchanged scores), %d detections",
+                self.classified, self.skipped_unchanged, self.detections_published,
+            )
         return 0
 
     def shutdown(self) -> None:
