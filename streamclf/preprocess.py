@@ -6,9 +6,9 @@ Matches CLIPImageProcessor for the loaded model: resize so the shortest edge is
 
 Two implementations, chosen by ``model.preprocess``:
 
-- ``BatchPreprocessor`` (host): the resize runs in OpenCV on uint8 (INTER_AREA when
-  shrinking, which antialiases like PIL's bicubic filter does, INTER_CUBIC when enlarging)
-  into a reused uint8 staging batch; normalisation runs once per batch in torch.
+- ``BatchPreprocessor`` (host): each frame is resized on uint8 with torch's antialiased
+  bicubic kernel (PIL's filter) and cropped into a reused uint8 staging batch; the batch is
+  normalised once in torch on the target device.
 - ``DeviceBatchPreprocessor`` (device, the default on CUDA): whole frames go to the device
   as uint8 through reused pinned buffers, and the antialiased bicubic resize (the same
   filter as PIL's), crop and normalisation run there, so the host only copies bytes.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
@@ -62,13 +61,26 @@ def resize_shortest_edge(height: int, width: int, shortest: int) -> tuple[int, i
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
+def _resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Antialiased bicubic resize of an RGB uint8 (H, W, 3) image: PIL's filter (CLIPImageProcessor's).
+
+    torch has a vectorised uint8 kernel for exactly this filter that reads the HWC array in place
+    (as a channels-last view): about 1 ms for a 1280x720 frame on one core, against 7.5 ms for
+    OpenCV's INTER_AREA at CLIP's non-integer scale factors. It rounds and clamps like PIL.
+    """
+    if not image.flags.writeable:  # torch.from_numpy warns about (and never writes) read-only arrays
+        image = image.copy()
+    x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0)
+    y = torch.nn.functional.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).numpy()
+
+
 def resize_and_crop(image: np.ndarray, spec: PreprocessSpec, out: np.ndarray | None = None) -> np.ndarray:
     """Resize an RGB uint8 image (H, W, 3) and centre-crop it to (crop_h, crop_w, 3), writing into ``out``."""
     h, w = image.shape[:2]
     nh, nw = resize_shortest_edge(h, w, spec.shortest_edge)
     if (nh, nw) != (h, w):
-        interp = cv2.INTER_AREA if nh < h else cv2.INTER_CUBIC
-        image = cv2.resize(image, (nw, nh), interpolation=interp)
+        image = _resize_uint8(image, nh, nw)
     ch, cw = spec.crop_height, spec.crop_width
     if nh < ch or nw < cw:  # transformers pads with zeros when the crop is larger than the image
         padded = np.zeros((max(nh, ch), max(nw, cw), 3), np.uint8)
@@ -188,7 +200,7 @@ class DeviceBatchPreprocessor:
                 event = torch.cuda.Event()
                 event.record()
                 self._host[(h, w)] = (host, array, event)
-            x = self._resize_crop(x.permute(0, 3, 1, 2).float(), h, w)
+            x = self._resize_crop(x.permute(0, 3, 1, 2), h, w).float()
             x = x.mul_(self._scale).add_(self._shift)
             if len(idx) == len(images):
                 out.copy_(x)
@@ -199,8 +211,12 @@ class DeviceBatchPreprocessor:
     def _resize_crop(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         nh, nw = resize_shortest_edge(h, w, self.spec.shortest_edge)
         if (nh, nw) != (h, w):
+            # The CPU has a fast uint8 kernel for this filter; CUDA's works on floats.
+            if x.device.type != "cpu":
+                x = x.float()
             x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
-            x = x.round_().clamp_(0, 255)
+            if x.is_floating_point():
+                x = x.round_().clamp_(0, 255)
         ch, cw = self.spec.crop_height, self.spec.crop_width
         if nh < ch or nw < cw:  # transformers pads with zeros when the crop is larger than the image
             ph, pw = max(nh, ch), max(nw, cw)
