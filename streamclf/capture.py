@@ -68,7 +68,7 @@ def open_capture(
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
     ]
-    if decode_threads:
+    if decode_threads and hasattr(cv2, "CAP_PROP_N_THREADS"):  # OpenCV >= 4.7
         params += [cv2.CAP_PROP_N_THREADS, decode_threads]
     return cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
 

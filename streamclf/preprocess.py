@@ -133,6 +133,7 @@ class BatchPreprocessor:
             self._outputs[n] = (work, result)
         return self._outputs[n]
 
+    @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
         """Return a (N, 3, crop_h, crop_w) tensor of ``dtype`` on the device (valid until the next call)."""
         array, tensor = self._buffer(len(images))
@@ -185,6 +186,7 @@ class DeviceBatchPreprocessor:
             self._outputs[n] = torch.empty(shape, dtype=self.dtype, device=self.device)
         return self._outputs[n]
 
+    @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
         """Return a (N, 3, crop_h, crop_w) tensor of ``dtype`` on the device (valid until the next call)."""
         out = self._output(len(images))
