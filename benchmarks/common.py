@@ -84,34 +84,36 @@ def synthetic_videos(directory: Path, count: int, frames: int, fps: int = 10) ->
     return paths
 
 
-def model_only(model_dir: Path, device: str, precision: str, batch_size: int, seconds: float) -> dict:
+class ModelOnly:
     """(a) The image encoder alone on preprocessed random batches: images/s at ``precision`` and ``batch_size``."""
-    import torch
 
-    from streamclf.classifier import ClipClassifier
-    from streamclf.config import ModelConfig
+    def __init__(self, model_dir: Path, device: str, precision: str, batch_size: int):
+        import torch
 
-    clf = ClipClassifier(ModelConfig(name=str(model_dir), device=device, precision=precision, batch_size=batch_size))
-    dtype = clf.model_dtype
-    pixels = torch.randn(batch_size, 3, 224, 224, device=clf.device).to(dtype)
+        from streamclf.classifier import ClipClassifier
+        from streamclf.config import ModelConfig
 
-    def sync():
-        if clf.device.type == "cuda":
+        self.clf = ClipClassifier(ModelConfig(name=str(model_dir), device=device, precision=precision,
+                                              batch_size=batch_size))
+        self.batch_size = batch_size
+        self.pixels = torch.randn(batch_size, 3, 224, 224, device=self.clf.device).to(self.clf.model_dtype)
+        for _ in range(3):
+            self.clf.embed_pixels(self.pixels)
+        self._sync()
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.clf.device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(3):
-        clf.embed_pixels(pixels)
-    sync()
-    n, start = 0, time.perf_counter()
-    while True:
-        clf.embed_pixels(pixels)
-        n += 1
-        if n >= 3 and time.perf_counter() - start >= seconds:
-            sync()
-            if time.perf_counter() - start >= seconds:
-                break
-    elapsed = time.perf_counter() - start
-    result = {"precision": clf.precision, "batch_size": batch_size, "images_per_s": n * batch_size / elapsed,
-              "batches": n, "seconds": elapsed}
-    del clf
-    return result
+    def measure(self, seconds: float) -> dict:
+        n, start = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - start < seconds:
+            self.clf.embed_pixels(self.pixels)
+            n += 1
+        self._sync()
+        elapsed = time.perf_counter() - start
+        return {"precision": self.clf.precision, "batch_size": self.batch_size,
+                "images_per_s": n * self.batch_size / elapsed, "batches": n, "seconds": elapsed}
+
