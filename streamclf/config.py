@@ -63,11 +63,11 @@ class ModelConfig(_Model):
     max_batch_wait_ms: float = Field(50, ge=0, description="Longest a frame waits for a batch to fill, ms.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores.")
     opencv_threads: int = Field(
-        1, ge=1, description="OpenCV worker threads (resize, colour conversion); 1 leaves the cores to torch."
+        1, ge=1, description="OpenCV worker threads (colour conversion, gating thumbnails); 1 leaves the cores to torch."
     )
     preprocess: Literal["auto", "host", "device"] = Field(
         "auto",
-        description="Where frames are resized and normalised: host (OpenCV) or device (torch, on the GPU); "
+        description="Where frames are resized and normalised: host (CPU) or device (uint8 frames to the GPU); "
         "auto: device on CUDA, host on the CPU.",
     )
 
