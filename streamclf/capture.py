@@ -117,12 +117,15 @@ def ffmpeg_capture_options(rtsp_transport: str, user_options: str = "") -> str:
 
 def open_capture(
     source: int | str, open_timeout_s: float, read_timeout_s: float, rtsp_transport: str = "tcp",
-    started: Callable[[], None] | None = None,
+    started: Callable[[], None] | None = None, decode_threads: int = 0,
 ) -> cv2.VideoCapture:
     """Open a source with the FFmpeg backend for files and URLs, where the timeouts (seconds) apply.
 
     FFmpeg opens run one at a time (see the module docstring); ``started()`` is called when
     this one's turn comes, so a watchdog can time the open itself rather than the queue.
+    ``decode_threads`` caps FFmpeg's decoder threads (0: FFmpeg's default, one per core). Each
+    camera already decodes on its own thread, so one decoder thread per camera by default keeps
+    decoding from fighting the model's threads for the cores.
     """
     if isinstance(source, int):
         if started:
@@ -132,6 +135,8 @@ def open_capture(
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),
     ]
+    if decode_threads and hasattr(cv2, "CAP_PROP_N_THREADS"):  # OpenCV >= 4.7
+        params += [cv2.CAP_PROP_N_THREADS, decode_threads]
     options = ffmpeg_capture_options(rtsp_transport, _USER_FFMPEG_OPTIONS)
     with _FFMPEG_OPEN_LOCK:
         if started:
@@ -259,7 +264,8 @@ class FileCamera(Camera):
         index_offset = 0
         where = redact(str(self.source))
         while not self._stop.is_set():
-            cap = open_capture(self.source, self.cfg.open_timeout_s, self.cfg.read_timeout_s)
+            cap = open_capture(self.source, self.cfg.open_timeout_s, self.cfg.read_timeout_s,
+                               decode_threads=self.cfg.decode_threads)
             if not cap.isOpened():
                 if not os.path.exists(str(self.source)):
                     reason, err = "file not found", f"{where} does not exist"
@@ -453,7 +459,7 @@ class LiveCamera(Camera):
                     return
             attempt.enter("queued")
             cap = self._open_source(source, self.cfg.open_timeout_s, self.cfg.read_timeout_s, self.cfg.rtsp_transport,
-                                    started=lambda: attempt.enter("opening"))
+                                    started=lambda: attempt.enter("opening"), decode_threads=self.cfg.decode_threads)
             if attempt.abandoned.is_set():
                 return
             if not cap.isOpened():

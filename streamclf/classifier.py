@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 
 from streamclf.config import ModelConfig
-from streamclf.preprocess import BatchPreprocessor, PreprocessSpec
+from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,12 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32. int8 is opt-in (CPU only)."""
+    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32. int8 is opt-in (CPU only).
+
+    Each of these keeps image embeddings within cosine 0.999 of fp32 (tests/test_precision.py);
+    int8 (dynamic quantisation of the image tower's Linear layers) is faster on the CPU but its
+    error depends on the weights' outliers, so it is never picked automatically.
+    """
     if requested == "auto":
         if device.type == "cuda":
             return "fp16"
@@ -167,34 +173,47 @@ class ClipClassifier:
         self.precision = resolve_precision(cfg.precision, self.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        # OpenCV's pool serves resize and colour conversion; its threads would compete with torch's.
+        cv2.setNumThreads(cfg.opencv_threads)
         model, self.tokenizer, spec = _load_pretrained(cfg.name)
         model.eval()
         self.model = model.to(self.device)
         self._autocast_dtype: torch.dtype | None = None
         model_dtype = torch.float32
-        if self.device.type == "cuda" and self.precision in ("fp16", "bf16"):
+        if self.precision == "bf16" or (self.precision == "fp16" and self.device.type == "cuda"):
+            # A bf16/fp16 image tower (not autocast): no casts per layer, half the weight bytes.
+            # The text tower stays fp32: it runs once per label set, where its precision is free.
             model_dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
             self.model.vision_model.to(model_dtype)
             self.model.visual_projection.to(model_dtype)
-        elif self.precision == "bf16":
-            self._autocast_dtype = torch.bfloat16
         elif self.precision == "fp16":
-            self._autocast_dtype = torch.float16
+            self._autocast_dtype = torch.float16  # CPUs have few fp16 kernels; autocast keeps the rest fp32
         elif self.precision == "int8":
             self._quantize_int8()
-        self.preprocess = BatchPreprocessor(spec, self.device, model_dtype)
+        self.model_dtype = model_dtype
+        use_device = cfg.preprocess == "device" or (cfg.preprocess == "auto" and self.device.type == "cuda")
+        preprocessor = DeviceBatchPreprocessor if use_device else BatchPreprocessor
+        self.preprocess = preprocessor(spec, self.device, model_dtype)
         self.logit_scale = float(self.model.logit_scale.exp().item())
         # Serialises model calls: label updates (control messages) may come from another thread.
         self._lock = threading.Lock()
         log.info(
-            "model %s loaded on %s, precision %s, input %dx%d",
+            "model %s loaded on %s, precision %s, input %dx%d, preprocessing on the %s",
             cfg.name, self.device, self.precision, spec.crop_width, spec.crop_height,
+            "device" if use_device else "host",
         )
 
     def _quantize_int8(self) -> None:
+        import warnings
+
         from torch.ao.quantization import quantize_dynamic
 
-        self.model.vision_model = quantize_dynamic(self.model.vision_model, {torch.nn.Linear}, dtype=torch.qint8)
+        # torch.ao's eager quantisation is deprecated in favour of torchao, which we do not depend on;
+        # it still works and is the fastest int8 path here (measured in benchmarks/), so silence the notice.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            self.model.vision_model = quantize_dynamic(self.model.vision_model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def _autocast(self):
         if self._autocast_dtype is None:
@@ -221,8 +240,20 @@ class ClipClassifier:
     @torch.inference_mode()
     def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """L2-normalised fp32 image embeddings (N, dim) for RGB uint8 images of any size."""
-        pixels = self.preprocess(list(images))
-        with self._lock, self._autocast():
+        with self._lock:  # the preprocessor's buffers are reused: one batch at a time
+            return self._encode(self.preprocess(list(images)))
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embeddings of an already preprocessed (N, 3, H, W) batch in ``model_dtype`` on the device.
+
+        The model alone, without preprocessing: what the benchmark's model-only figure measures.
+        """
+        with self._lock:
+            return self._encode(pixels)
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
             out = self.model.vision_model(pixel_values=pixels)
             emb = self.model.visual_projection(out.pooler_output)
         return torch.nn.functional.normalize(emb.float(), dim=-1)

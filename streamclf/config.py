@@ -105,6 +105,14 @@ class ModelConfig(_Model):
     batch_size: int = Field(8, ge=1, le=1024, description="Frames per model call at most.")
     max_batch_wait_ms: float = Field(50, ge=0, description="Longest a frame waits for a batch to fill, ms.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores.")
+    opencv_threads: int = Field(
+        1, ge=1, description="OpenCV worker threads (colour conversion, gating thumbnails); 1 leaves the cores to torch."
+    )
+    preprocess: Literal["auto", "host", "device"] = Field(
+        "auto",
+        description="Where frames are resized and normalised: host (CPU) or device (uint8 frames to the GPU); "
+        "auto: device on CUDA, host on the CPU.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -206,6 +214,9 @@ class CameraConfig(_Model):
         description="A frame older than this (seconds since capture) when its batch runs is dropped as stale; "
         "null keeps every frame. Files with realtime: false are never dropped as stale.",
     )
+    decode_threads: int = Field(
+        1, ge=0, le=64, description="FFmpeg decoder threads for this camera; 0: FFmpeg's choice (all cores)."
+    )
 
     @field_validator("source")
     @classmethod
@@ -261,6 +272,20 @@ RESERVED_TOPIC_NAMES = frozenset(
     {"status", "detection", "event", "snapshot", "enabled", "threshold", "state", "set", "top_label", "error", "stats"}
 )
 
+class ChangeGateConfig(_Model):
+    enabled: bool = Field(False, description="Skip the model for frames that barely differ from the last classified one.")
+    grid: int = Field(32, ge=4, le=256, description="Frames are compared as grid x grid colour thumbnails (cells).")
+    cell_delta: int = Field(
+        12, ge=1, le=255, description="A cell has changed when a channel differs by more than this (0..255 levels)."
+    )
+    threshold: float = Field(
+        0.01, ge=0, le=1, description="Fraction of cells (0..1) that must change for a frame to be classified again."
+    )
+    max_reuse_s: float = Field(
+        10.0, gt=0, description="A frame this many seconds (frame time) after the last classified one is always classified."
+    )
+
+
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
@@ -308,6 +333,7 @@ class Config(_Model):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    change_gate: ChangeGateConfig = Field(default_factory=ChangeGateConfig)
     labels: dict[str, LabelConfig] = Field(description="Label name -> how to recognise it.")
     cameras: dict[str, CameraConfig] = Field(description="Camera name -> source and sampling.")
     events: EventsConfig = Field(default_factory=EventsConfig)

@@ -26,6 +26,7 @@ from streamclf.control import Controller
 from streamclf.decisions import AlertDecider
 from streamclf.entities import BatchReport, Classification, Frame
 from streamclf.homeassistant import HomeAssistantDiscovery
+from streamclf.gating import ChangeGate
 from streamclf.publisher import MqttPublisher
 from streamclf.snapshots import SnapshotWriter
 from streamclf.zones import ZoneCropper
@@ -37,6 +38,7 @@ class Pipeline:
     """The running daemon. ``run()`` returns the process exit code."""
 
     shutdown_budget_s = 4.0  # everything after a stop request must fit in this (systemd waits 5 s)
+    label_swap_timeout_s = 10.0  # a runtime label change waits at most this long for the batch in flight
     drop_log_interval_s = 60.0  # drop counts are logged this often, when they changed
 
     def __init__(self, cfg: Config, classifier: ClipClassifier, base_dir: str | None = None):
@@ -58,6 +60,8 @@ class Pipeline:
         self.label_set: LabelSet = self._encode_labels(cfg)
         self.cameras: dict[str, Camera] = {}
         self.classified = 0
+        # Change gating (off by default): unchanged frames (or zones) reuse their last scores.
+        self.gate: ChangeGate | None = ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
         self.last_progress = time.monotonic()
         self._drops_logged: tuple[dict, int] = ({}, 0)
         self._drops_logged_at = time.monotonic()
@@ -155,18 +159,26 @@ class Pipeline:
         if not items:
             self.last_progress = time.monotonic()
             return
-        embeddings = self.classifier.embed_images([item.image for item in items])
+        # The gate is consulted under swap_lock, which label changes also take: reused scores always
+        # belong to the label set in force.
+        plan = self.gate.plan([_gate_frame(item) for item in items], keys=[(i.frame.camera, i.zone) for i in items]) \
+            if self.gate else None
+        to_run = plan.to_run if plan else list(range(len(items)))
+        embeddings = self.classifier.embed_images([items[i].image for i in to_run]) if to_run else None
         with self._labels_lock:  # one consistent label set, label lists and thresholds per batch
-            paused = self._paused_cameras  # a camera may have been paused while the batch was embedded
-            keep = [i for i, item in enumerate(items) if item.frame.camera not in paused]
-            if len(keep) < len(items):
-                items, embeddings = [items[i] for i in keep], embeddings[keep]
-            label_set = self.label_set
-            subsets = [self.cfg.labels_for(item.frame.camera) for item in items]
-            scored = self.classifier.score(embeddings, label_set, subsets)
+            results: list = [None] * len(items)
+            if to_run:
+                subsets = [self.cfg.labels_for(items[i].frame.camera) for i in to_run]
+                for i, scores in zip(to_run, self.classifier.score(embeddings, self.label_set, subsets)):
+                    results[i] = scores
+            if plan:
+                results = self.gate.resolve(plan, results)
             done = time.monotonic()
-            for item, scores in zip(items, scored):
+            paused = self._paused_cameras  # a camera may have been paused while the batch was embedded
+            for item, scores in zip(items, results):
                 frame = item.frame
+                if frame.camera in paused:
+                    continue
                 c = Classification(frame.camera, frame.frame_index, frame.frame_time, frame.captured_monotonic,
                                    scores, zone=item.zone, image=item.image)
                 for listener in self._classification_listeners:
@@ -248,17 +260,30 @@ class Pipeline:
         if problems:
             raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         label_set = self._encode_labels(new_cfg)
-        with self._labels_lock:
-            self.cfg = new_cfg
-            self.label_set = label_set
-            # Removed labels end their events and turn OFF; new ones start OFF.
-            self.alerts.publish(self.decider.update_labels(new_cfg.labels))
+        # swap_lock too: no batch is between its change-gate plan and its scoring while labels change.
+        if not self.swap_lock.acquire(timeout=self.label_swap_timeout_s):
+            raise ValueError(f"a batch has been running for more than {self.label_swap_timeout_s:g} s; labels not changed")
+        try:
+            with self._labels_lock:
+                self.cfg = new_cfg
+                self.label_set = label_set
+                if self.gate:
+                    self.gate.forget()  # remembered scores are over the old labels
+                # Removed labels end their events and turn OFF; new ones start OFF.
+                self.alerts.publish(self.decider.update_labels(new_cfg.labels))
+        finally:
+            self.swap_lock.release()
         return new_cfg
 
     @property
     def published_by(self) -> Counter[tuple[str, str, str]]:
         """Messages published so far by (kind: detection | event, camera, label)."""
         return self.alerts.published_by
+
+    @property
+    def skipped_unchanged(self) -> int:
+        """Frames that skipped the model because they matched their camera's last classified frame."""
+        return self.gate.total_skipped if self.gate else 0
 
     def _all_files_done(self) -> bool:
         cams = list(self.cameras.values())
@@ -339,7 +364,10 @@ class Pipeline:
         _call_hooks(self.stopping_hooks)
         self.shutdown()
         if ended_by_files:
-            log.info("every camera has ended: %d frames classified, %d detections", self.classified, self.detections_published)
+            log.info(
+                "every camera has ended: %d frames classified (%d reused unchanged scores), %d detections",
+                self.classified, self.skipped_unchanged, self.detections_published,
+            )
         return 0
 
     @property
@@ -387,3 +415,11 @@ def _test_stall_after_batches() -> int | None:
     batches, as a hung model call would, so tests can see the watchdog pings stop. Never set it in production."""
     value = os.environ.get("STREAMCLF_TEST_STALL_AFTER_BATCHES")
     return int(value) if value else None
+
+
+def _gate_frame(item) -> Frame:
+    """The change gate compares what the model would see: the zone's crop, or the whole frame."""
+    f = item.frame
+    if item.zone is None:
+        return f
+    return Frame(f.camera, item.image, f.frame_index, f.frame_time, f.captured_monotonic)

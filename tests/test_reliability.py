@@ -231,7 +231,7 @@ def test_watchdog_reopens_a_stream_whose_read_never_returns():
     opened: list[HangingCapture] = []
     seen: list[CameraStatus] = []
 
-    def open_source(source, open_timeout_s, read_timeout_s, transport, started):
+    def open_source(source, open_timeout_s, read_timeout_s, transport, started, decode_threads=0):
         started()
         opened.append(HangingCapture(5, unblock))
         return opened[-1]
@@ -264,7 +264,7 @@ def test_an_open_that_never_returns_is_abandoned_and_retried_with_capped_backoff
     never = threading.Event()
     calls: list[float] = []
 
-    def open_source(source, open_timeout_s, read_timeout_s, transport, started):
+    def open_source(source, open_timeout_s, read_timeout_s, transport, started, decode_threads=0):
         started()
         calls.append(time.monotonic())
         if len(calls) == 1:

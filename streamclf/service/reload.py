@@ -142,6 +142,8 @@ def apply_reload(pipeline, new: Config, plan: ReloadPlan, swap_timeout_s: float 
             pipeline.cfg = new
             if label_set is not None:
                 pipeline.label_set = label_set
+                if pipeline.gate:
+                    pipeline.gate.forget()  # remembered scores are over the old labels
             pipeline.zones = zones
             decisions = [pipeline.decider.update_config(new)]  # labels that are gone end their events, turn OFF
             for name in plan.cameras_restarted:
