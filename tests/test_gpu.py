@@ -1,0 +1,65 @@
+"""CUDA paths (the CUDA cases are skipped without a GPU; CI has none — run on a lent GPU with scripts/gpu_check.sh).
+
+The tiny model runs through the same code as on the CPU: device preprocessing (uint8 frames
+resized and normalised on the GPU) must match the host preprocessing, and fp16/bf16 image
+embeddings must stay within cosine 0.999 of fp32, the bar ``precision: auto`` keeps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamclf.classifier import ClipClassifier
+from streamclf.config import ModelConfig
+from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _frames(n: int = 6) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    shapes = [(480, 640), (720, 1280), (224, 224)]
+    out = []
+    for i in range(n):
+        h, w = shapes[i % len(shapes)]
+        ramp = np.linspace(0, 255, h * w, dtype=np.float32).reshape(h, w)
+        img = np.dstack([ramp, ramp[::-1], np.full((h, w), 40 * i, np.float32)]).astype(np.uint8)
+        out.append(np.clip(img.astype(np.int16) + rng.integers(-8, 9, img.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+@pytest.mark.parametrize("device_name", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_device_preprocessing_matches_host_preprocessing(device_name):
+    """DeviceBatchPreprocessor (whole frames to the device, resized there) against the host path."""
+    spec = PreprocessSpec()
+    frames = _frames()
+    host = BatchPreprocessor(spec, torch.device("cpu"))(frames)
+    device = DeviceBatchPreprocessor(spec, torch.device(device_name))(frames).float().cpu()
+    assert device.shape == host.shape
+    # Both are antialiased bicubic; rounding to uint8 differs by a level or two (1/255/std ~ 0.015).
+    assert (device - host).abs().mean() < 0.02
+    assert (device - host).abs().max() < 0.2
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_cuda_half_precisions_stay_within_cosine_0_999_of_fp32(tiny_clip_dir, precision):
+    frames = _frames()
+    ref = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cuda", precision="fp32")).embed_images(frames)
+    clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cuda", precision=precision))
+    got = clf.embed_images(frames)
+    assert got.device.type == "cuda" and ref.device.type == "cuda"
+    cos = torch.nn.functional.cosine_similarity(got.float(), ref.float(), dim=-1)
+    assert cos.min().item() >= 0.999, cos
+
+
+@needs_cuda
+def test_auto_picks_fp16_and_device_preprocessing_on_cuda(tiny_clip_dir):
+    clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="auto", precision="auto"))
+    assert clf.device.type == "cuda" and clf.precision == "fp16"
+    assert isinstance(clf.preprocess, DeviceBatchPreprocessor)
+    labels = clf.encode_labels({"a": ["a cat"], "b": ["a dog"]})
+    scores = clf.score(clf.embed_images(_frames(3)), labels, [["a", "b"]] * 3)
+    assert all(abs(sum(s.values()) - 1) < 1e-4 for s in scores)
