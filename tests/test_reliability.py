@@ -26,7 +26,7 @@ from streamclf.batching import Batcher, DropPolicy
 from streamclf.capture import CameraState, CameraStatus, LiveCamera, ffmpeg_capture_options, probe_stream
 from streamclf.config import CameraConfig, ConfigError, parse_config
 from streamclf.entities import Frame
-from tests.conftest import base_config, needs_rtsp
+from tests.conftest import base_config, needs_rtsp, wait_until
 from tests.servers import MosquittoBroker, MqttCollector, RtspServer, free_port, make_video, read_retained
 
 IMG = np.zeros((8, 8, 3), np.uint8)
@@ -129,17 +129,6 @@ def details(collector: MqttCollector, camera: str) -> list[dict]:
 def last_status(collector: MqttCollector, camera: str) -> bytes | None:
     s = statuses(collector, camera)
     return s[-1] if s else None
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 # --------------------------------------------------------------------------- config

@@ -25,7 +25,7 @@ from streamclf.config import ConfigError, MqttConfig, parse_config
 from streamclf.service.health import ProgressMonitor, RateMeter, evaluate_progress
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import plan_reload
-from tests.conftest import REPO, base_config, daemon_env, write_config
+from tests.conftest import REPO, base_config, daemon_env, write_config, wait_until
 from tests.servers import MosquittoBroker, MqttCollector, free_port, make_video, read_retained
 
 UNIT = REPO / "systemd" / "streamclf.service"
@@ -92,17 +92,6 @@ def scrape(port: int) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             out[key] = float(value)
     return out
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_log(daemon, text: str, timeout: float = 30.0, count: int = 1) -> None:

@@ -27,19 +27,22 @@ PREPROCESSOR = {
 }
 
 
-def build_tiny_clip(directory: str | Path, seed: int = 0, hidden: int = 32) -> Path:
-    """Write a tiny CLIP (224x224 input, 32-pixel patches, 2 layers) with tokenizer and preprocessor config."""
+def save_clip(directory: str | Path, config_for_tokenizer, seed: int = 0) -> Path:
+    """Save a random-weight CLIP with a character-level CLIP BPE tokenizer and CLIP's preprocessor config.
+
+    ``config_for_tokenizer(bos, eos, vocab_size)`` returns the ``CLIPConfig`` to build, given the
+    tokenizer's special-token ids and vocabulary size (the text tower must know them).
+    """
     import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel, CLIPTokenizer
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    # Character-level BPE: every lowercase letter is a token, with and without the end-of-word mark.
+    # Character-level BPE: every lowercase letter and digit is a token, with and without the end-of-word mark.
     vocab: dict[str, int] = {}
-    for ch in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[ch] = len(vocab)
-    for ch in "abcdefghijklmnopqrstuvwxyz0123456789":
-        vocab[ch + "</w>"] = len(vocab)
+    for suffix in ("", "</w>"):
+        for ch in "abcdefghijklmnopqrstuvwxyz0123456789":
+            vocab[ch + suffix] = len(vocab)
     bos, eos = len(vocab), len(vocab) + 1
     vocab["<|startoftext|>"] = bos
     vocab["<|endoftext|>"] = eos
@@ -47,19 +50,29 @@ def build_tiny_clip(directory: str | Path, seed: int = 0, hidden: int = 32) -> P
     (d / "merges.txt").write_text("#version: 0.2\n")
     tokenizer = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
     torch.manual_seed(seed)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
-        ),
-        vision_config=dict(
-            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
-            image_size=224, patch_size=32,
-        ),
-        projection_dim=16,
-    )
-    model = CLIPModel(config).eval()
+    model = CLIPModel(config_for_tokenizer(bos, eos, len(vocab))).eval()
     model.save_pretrained(d)
     tokenizer.save_pretrained(d)
     (d / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2))
     return d
+
+
+def build_tiny_clip(directory: str | Path, seed: int = 0, hidden: int = 32) -> Path:
+    """Write a tiny CLIP (224x224 input, 32-pixel patches, 2 layers) with tokenizer and preprocessor config."""
+    from transformers import CLIPConfig
+
+    def config(bos: int, eos: int, vocab_size: int) -> CLIPConfig:
+        return CLIPConfig(
+            text_config=dict(
+                vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=77, bos_token_id=bos, eos_token_id=eos,
+                pad_token_id=eos,
+            ),
+            vision_config=dict(
+                hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=2,
+                image_size=224, patch_size=32,
+            ),
+            projection_dim=16,
+        )
+
+    return save_clip(directory, config, seed)
