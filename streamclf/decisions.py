@@ -12,8 +12,11 @@ state machine:
   single frame back above resets that timer (flicker around the threshold keeps it ON);
 - while ON, an ``update`` event at most every ``event_update_interval_s`` seconds.
 
-All times are seconds from the injected ``clock`` (default ``time.time``, epoch seconds,
-which the events carry as ``start_time``/``end_time``). Every public method takes a lock,
+All times are seconds. With ``use_frame_time`` (what the daemon uses) they are the frames'
+own ``frame_time``: capture wall-clock time (epoch seconds) for live streams, media time for
+files, so a ``realtime: false`` file run decides exactly as if the file had played in real
+time, and the same file always gives the same events. Otherwise they come from the injected
+``clock`` (default ``time.time``). Events carry them as ``start_time``/``end_time``. Every public method takes a lock,
 so runtime control (another thread) can change thresholds, labels or enabled cameras
 between two batches; a change applies from the next classification on.
 """
@@ -160,8 +163,12 @@ class AlertDecider:
         cfg: Config,
         clock: Callable[[], float] = time.time,
         new_event_id: Callable[[float], str] = _new_event_id,
+        use_frame_time: bool = False,
     ):
         self._clock = clock
+        self._use_frame_time = use_frame_time
+        self._camera_time: dict[str, float] = {}  # frame time of each camera's newest classification
+        self._camera_offset: dict[str, float] = {}  # added to a camera's frame times after its source restarted
         self._new_event_id = new_event_id
         self._lock = threading.RLock()
         self._threshold_overrides: dict[tuple[str, str], float] = {}  # runtime, per (camera, label)
@@ -247,7 +254,7 @@ class AlertDecider:
             self._enabled[camera] = bool(enabled)
             if enabled:
                 return Decisions()
-            return self._end_where(lambda key: key[0] == camera, self._now(now))
+            return self._end_where(lambda key: key[0] == camera, now)
 
     def update_config(self, cfg: Config, now: float | None = None) -> Decisions:
         """Switch to ``cfg``'s labels, cameras and rules between two classifications.
@@ -256,7 +263,6 @@ class AlertDecider:
         newly tracked ones start OFF. Runtime threshold overrides of surviving labels stay.
         """
         with self._lock:
-            now = self._now(now)
             before = set(self._tracked_keys())
             self._apply_config(cfg)
             self._threshold_overrides = {
@@ -267,7 +273,7 @@ class AlertDecider:
             for key in before - after:
                 self._states.pop(key, None)
             added = tuple(
-                StateChange(cam, zone, label, False, now) for cam, zone, label in self._tracked_keys()
+                StateChange(cam, zone, label, False, self._time_for(cam, now)) for cam, zone, label in self._tracked_keys()
                 if (cam, zone, label) not in before
             )
             return Decisions((), ended.state_changes + added, ended.events)
@@ -288,7 +294,15 @@ class AlertDecider:
     def observe(self, c: Classification, now: float | None = None) -> Decisions:
         """Detections, state changes and events caused by one classification."""
         with self._lock:
-            now = self._now(now)
+            if now is None:
+                now = c.frame_time if self._use_frame_time else self._clock()
+                previous = self._camera_time.get(c.camera)
+                if self._use_frame_time and previous is not None and now + self._camera_offset.get(c.camera, 0.0) < previous:
+                    # The source started again (a file camera restarted by a reload, a clock step):
+                    # continue its timeline so delays and cooldowns never see time run backwards.
+                    self._camera_offset[c.camera] = previous - now
+                now += self._camera_offset.get(c.camera, 0.0)
+            self._camera_time[c.camera] = now
             if not self._enabled.get(c.camera, False):
                 return Decisions()
             detections, changes, events = [], [], []
@@ -337,8 +351,13 @@ class AlertDecider:
 
     # -- helpers ---------------------------------------------------------------------
 
-    def _now(self, now: float | None) -> float:
-        return self._clock() if now is None else now
+    def _time_for(self, camera: str, now: float | None) -> float:
+        """``now`` if given; else the camera's newest frame time (frame-time mode) or the clock."""
+        if now is not None:
+            return now
+        if self._use_frame_time and camera in self._camera_time:
+            return self._camera_time[camera]
+        return self._clock()
 
     def _event(self, type_: EventType, key: Key, st: _LabelState, end_time: float | None,
                c: Classification | None) -> Event:
@@ -350,20 +369,21 @@ class AlertDecider:
         st.on, st.consecutive, st.below_since = False, 0, None
         return event
 
-    def _end_where(self, predicate: Callable[[Key], bool], now: float) -> Decisions:
+    def _end_where(self, predicate: Callable[[Key], bool], now: float | None) -> Decisions:
         changes, events = [], []
         for key, st in self._states.items():
             if predicate(key):
                 st.consecutive = 0
                 if st.on:
-                    changes.append(StateChange(*key, False, now))
-                    events.append(self._end(key, st, now, None))
+                    t = self._time_for(key[0], now)  # in frame-time mode: the camera's last frame
+                    changes.append(StateChange(*key, False, t))
+                    events.append(self._end(key, st, t, None))
         return Decisions((), tuple(changes), tuple(events))
 
     def finish(self, now: float | None = None) -> Decisions:
         """End every open event and turn its label OFF (at shutdown: every start gets its end)."""
         with self._lock:
-            return self._end_where(lambda key: True, self._now(now))
+            return self._end_where(lambda key: True, now)
 
     def active(self) -> list[Key]:
         """(camera, zone, label) of every label that is ON now."""

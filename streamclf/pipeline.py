@@ -51,7 +51,7 @@ class Pipeline:
             max_frame_age_by_camera={n: c.effective_max_frame_age_s for n, c in cfg.cameras.items()},
         )
         self.publisher = MqttPublisher(cfg.mqtt)
-        self.decider = AlertDecider(cfg)
+        self.decider = AlertDecider(cfg, use_frame_time=True)  # deterministic for files; capture time for live
         self.zones = ZoneCropper(cfg.cameras)
         self.snapshots = SnapshotWriter(
             cfg.events.snapshots, lambda topic, jpeg: self.publisher.set_retained(topic, jpeg, qos=cfg.mqtt.qos), base_dir
@@ -363,11 +363,11 @@ class Pipeline:
         ended_by_files = not self.stop_event.is_set()
         _call_hooks(self.stopping_hooks)
         self.shutdown()
-        if ended_by_files:
-            log.info(
-                "every camera has ended: %d frames classified (%d reused unchanged scores), %d detections",
-                self.classified, self.skipped_unchanged, self.detections_published,
-            )
+        log.info(
+            "%s: %d frames classified (%d reused unchanged scores), %d detections",
+            "every camera has ended" if ended_by_files else "stopped", self.classified, self.skipped_unchanged,
+            self.detections_published,
+        )
         return 0
 
     @property

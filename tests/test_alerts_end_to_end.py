@@ -87,6 +87,8 @@ def test_a_scene_change_turns_a_label_on_then_off_with_one_start_and_one_end(
     assert end["score"] == pytest.approx(scores[30][label], abs=1e-4)
     assert end["top_score"] == pytest.approx(max(s[label] for s in scores[11:30]), abs=1e-4)
     assert start["end_time"] is None and end["start_time"] == start["start_time"] <= end["end_time"]
+    # Times are the frames' media time (10 fps file): deterministic however fast the file was classified.
+    assert (start["start_time"], end["end_time"]) == (pytest.approx(1.1), pytest.approx(3.0))
 
     # The per-frame topic is still there: one message per red frame at or above the threshold.
     dets = collector.json_messages(f"{prefix}/cam/detection")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamclf.config import Config, LabelConfig
+from streamclf.config import Config, LabelConfig, parse_config
 from streamclf.decisions import AlertDecider, AlertRules, Decisions, EventType
 from streamclf.entities import Classification
 
@@ -267,3 +267,25 @@ def test_alert_rules_validate(kwargs, expected_exception):
     else:
         with pytest.raises(expected_exception):
             AlertRules(**kwargs)
+
+
+def test_frame_time_mode_decides_on_media_time_and_never_runs_backwards():
+    """The daemon's mode: a non-realtime file decides as if it had played, whatever the processing speed."""
+    cfg = parse_config(
+        "labels: {car: {threshold: 0.5, min_consecutive: 1, off_delay_s: 2.0}, bg: {background: true}}\n"
+        "cameras: {cam: {source: x.mp4}}\n",
+        env={},
+    )
+    d = AlertDecider(cfg, clock=lambda: 1e9, use_frame_time=True)
+
+    def at(t: float, score: float):
+        return d.observe(Classification("cam", int(t * 10), t, 0.0, {"car": score, "bg": 1 - score}))
+
+    assert [e.type.value for e in at(1.0, 0.9).events] == ["start"]
+    assert not at(1.5, 0.1).events and not at(3.4, 0.1).events  # below for 1.9 s of media time: still ON
+    end = at(3.5, 0.1).events
+    assert [(e.type.value, e.start_time, e.end_time) for e in end] == [("end", 1.0, 3.5)]
+    # The file starts again (frame_time back to 0): its timeline continues instead of jumping back.
+    start = at(0.0, 0.9).events
+    assert [(e.type.value, e.start_time) for e in start] == [("start", 3.5)]
+    assert [(e.end_time) for e in d.finish().events] == [3.5]  # shutdown ends it at the camera's last frame
