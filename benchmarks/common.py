@@ -50,15 +50,11 @@ def machine() -> dict:
 
 
 def synthetic_frame(i: int, w: int, h: int):
-    """A BGR frame with moving gradients and a moving block: every frame differs, like a busy scene."""
-    import numpy as np
+    """A BGR frame with moving gradients (the tests' default video frame) and a moving block:
+    every frame differs, like a busy scene."""
+    from tests.servers import gradient_frame
 
-    x = (np.arange(w, dtype=np.uint16)[None, :] + 8 * i) % 256
-    y = (np.arange(h, dtype=np.uint16)[:, None] + 4 * i) % 256
-    f = np.empty((h, w, 3), np.uint8)
-    f[..., 0] = np.broadcast_to(x, (h, w))
-    f[..., 1] = np.broadcast_to(y, (h, w))
-    f[..., 2] = (37 * i) % 256
+    f = gradient_frame(i, w, h)
     bx = (16 * i) % max(1, w - h // 4)
     f[h // 3 : h // 3 + h // 4, bx : bx + h // 4] = (20, 200, 240)
     return f

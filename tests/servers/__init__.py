@@ -446,7 +446,8 @@ def read_retained(host: str, port: int, topic: str, timeout: float = 3.0,
 
 
 # --------------------------------------------------------------------------- video
-def _default_frame(i: int, w: int, h: int) -> np.ndarray:
+def gradient_frame(i: int, w: int, h: int) -> np.ndarray:
+    """A BGR frame of gradients that move with ``i``: every frame differs (make_video's default)."""
     x = (np.arange(w, dtype=np.uint16)[None, :] + 8 * i) % 256
     y = (np.arange(h, dtype=np.uint16)[:, None] + 4 * i) % 256
     f = np.empty((h, w, 3), np.uint8)
@@ -475,7 +476,7 @@ def make_video(path: str | os.PathLike, frames: int, fps: int = 10, size: tuple[
         raise RuntimeError(f"cv2.VideoWriter could not open {path} ({fourcc})")
     try:
         for i in range(frames):
-            f = color_fn(i) if color_fn else _default_frame(i, w, h)
+            f = color_fn(i) if color_fn else gradient_frame(i, w, h)
             f = np.ascontiguousarray(f, dtype=np.uint8)
             if f.shape[:2] != (h, w):
                 f = cv2.resize(f, (w, h))
