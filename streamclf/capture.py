@@ -326,7 +326,8 @@ class FileCamera(Camera):
                 delay = wall_start + media_t - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     break
-            self._set_state(CameraState.ONLINE, "reading file")
+            if self.state is not CameraState.ONLINE:  # once per pass, not a lock round-trip per frame
+                self._set_state(CameraState.ONLINE, "reading file")
             frame = self._frame(bgr, index_offset + i - 1, time_offset + media_t)
             self.frames_sampled += 1
             while not self.batcher.put(frame, policy, timeout=0.5):
