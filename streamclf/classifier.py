@@ -24,9 +24,13 @@ import numpy as np
 import torch
 
 from streamclf.config import ModelConfig
+from streamclf.image_tower import ImageTower
 from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
 log = logging.getLogger(__name__)
+
+# Packed and plain towers differ only by float rounding (same weights, same operations).
+PACKED_MIN_COSINE = 0.9999
 
 
 class ModelLoadError(Exception):
@@ -164,6 +168,57 @@ def _short(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+class _TransformersImageTower(torch.nn.Module):
+    """transformers' own image forward: the fallback for checkpoints ImageTower does not recognise."""
+
+    def __init__(self, vision_model: torch.nn.Module, visual_projection: torch.nn.Module):
+        super().__init__()
+        self.vision_model = vision_model
+        self.projection = visual_projection
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+
+def _image_tower(model) -> torch.nn.Module:
+    """The pooled-embedding tower (see image_tower.py), or transformers' forward if the layout is unusual.
+
+    The transformers vision model is released afterwards: the tower holds every weight it needs.
+    """
+    try:
+        tower = ImageTower(model.vision_model, model.visual_projection)
+    except (ValueError, AttributeError, TypeError) as exc:
+        log.warning("image tower: using transformers' forward (%s)", exc)
+        return _TransformersImageTower(model.vision_model, model.visual_projection)
+    model.vision_model = None
+    return tower
+
+
+def _packed_if_equal(tower: torch.nn.Module, batch_size: int) -> torch.nn.Module:
+    """The tower with oneDNN-packed linear layers (about 10% faster on CPUs), if it computes the same.
+
+    The packed layers use internal torch.ops.mkldnn operators; a torch build without them, or
+    one where they misbehave, keeps the plain tower (with a warning) instead of failing or
+    computing something else: both towers embed two random images and must agree.
+    """
+    if not isinstance(tower, ImageTower) or not torch.backends.mkldnn.is_available():
+        return tower
+    dtype = next(tower.parameters()).dtype
+    pixels = torch.randn(2, tower.channels, tower.image_size, tower.image_size,
+                         generator=torch.Generator().manual_seed(0)).to(dtype)
+    try:
+        packed = tower.packed_for_cpu(batch_size)
+        with torch.inference_mode():
+            cosine = torch.nn.functional.cosine_similarity(packed(pixels).float(), tower(pixels).float(), dim=-1)
+    except (RuntimeError, NotImplementedError, AttributeError) as exc:
+        log.warning("image tower: packed linear layers unavailable (%s); using plain ones", _short(exc))
+        return tower
+    if cosine.min().item() < PACKED_MIN_COSINE:
+        log.warning("image tower: packed linear layers disagree (cosine %.5f); using plain ones", cosine.min().item())
+        return tower
+    return packed
+
+
 class ClipClassifier:
     """CLIP image and text towers on one device, scoring frames against label sets."""
 
@@ -178,18 +233,20 @@ class ClipClassifier:
         model, self.tokenizer, spec = _load_pretrained(cfg.name)
         model.eval()
         self.model = model.to(self.device)
+        self.image_tower = _image_tower(self.model)
         self._autocast_dtype: torch.dtype | None = None
         model_dtype = torch.float32
         if self.precision == "bf16" or (self.precision == "fp16" and self.device.type == "cuda"):
             # A bf16/fp16 image tower (not autocast): no casts per layer, half the weight bytes.
             # The text tower stays fp32: it runs once per label set, where its precision is free.
             model_dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-            self.model.vision_model.to(model_dtype)
-            self.model.visual_projection.to(model_dtype)
+            self.image_tower.to(model_dtype)
         elif self.precision == "fp16":
             self._autocast_dtype = torch.float16  # CPUs have few fp16 kernels; autocast keeps the rest fp32
         elif self.precision == "int8":
             self._quantize_int8()
+        if self.device.type == "cpu" and self.precision in ("bf16", "fp32"):
+            self.image_tower = _packed_if_equal(self.image_tower, cfg.batch_size)
         self.model_dtype = model_dtype
         use_device = cfg.preprocess == "device" or (cfg.preprocess == "auto" and self.device.type == "cuda")
         preprocessor = DeviceBatchPreprocessor if use_device else BatchPreprocessor
@@ -213,7 +270,7 @@ class ClipClassifier:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
-            self.model.vision_model = quantize_dynamic(self.model.vision_model, {torch.nn.Linear}, dtype=torch.qint8)
+            self.image_tower = quantize_dynamic(self.image_tower, {torch.nn.Linear}, dtype=torch.qint8)
 
     def _autocast(self):
         if self._autocast_dtype is None:
@@ -254,8 +311,7 @@ class ClipClassifier:
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         with self._autocast():
-            out = self.model.vision_model(pixel_values=pixels)
-            emb = self.model.visual_projection(out.pooler_output)
+            emb = self.image_tower(pixels)
         return torch.nn.functional.normalize(emb.float(), dim=-1)
 
     @torch.inference_mode()

@@ -52,7 +52,7 @@ def test_embeddings_stay_close_to_fp32(precision, min_cosine, tiny_clip_dir, ran
 def test_bf16_runs_a_bf16_image_tower_on_the_cpu(precision, expected_dtype, tiny_clip_dir):
     clf = _classifier(tiny_clip_dir, precision)
     assert clf.model_dtype == expected_dtype
-    assert next(clf.model.vision_model.embeddings.parameters()).dtype == expected_dtype
+    assert next(clf.image_tower.parameters()).dtype == expected_dtype
     assert next(clf.model.text_model.parameters()).dtype == torch.float32  # text tower stays fp32
 
 
