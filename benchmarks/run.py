@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cameras", type=int, default=4, help="synthetic files for (b)")
     p.add_argument("--frames", type=int, default=150, help="frames per file for (b) (10 fps files, all sampled)")
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of (a), (b), (c); the best is reported")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of (a), (b), (c); the best is reported")
     p.add_argument("--model-seconds", type=float, default=10)
     p.add_argument("--naive-seconds", type=float, default=12)
     p.add_argument("--rtsp-trials", type=int, default=4)
