@@ -122,7 +122,7 @@ def test_classifier_keeps_the_plain_tower_when_packing_fails(tiny_clip_dir, monk
         raise RuntimeError("mkldnn::_reorder_linear_weight: no such operator")
 
     monkeypatch.setattr(ImageTower, "packed_for_cpu", broken)
-    with caplog.at_level("WARNING", logger="streamclf.classifier"):
+    with caplog.at_level("INFO", logger="streamclf.classifier"):
         clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32"))
     assert "packed linear layers unavailable (mkldnn::_reorder_linear_weight: no such operator)" in caplog.text
     assert isinstance(clf.image_tower.layers[0].fc1, torch.nn.Linear)
