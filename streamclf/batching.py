@@ -21,8 +21,9 @@ class DropPolicy(str, Enum):
     """What ``Batcher.put`` does with a frame when the queue is full, or a newer frame exists."""
 
     WAIT = "wait"  # block the producer: files read without realtime pacing lose nothing
-    LATEST_PER_CAMERA = "latest_per_camera"  # live video: a newer frame replaces its camera's pending one
-    DROP_OLDEST = "drop_oldest"  # make room by dropping the oldest frame in the queue
+    LATEST_PER_CAMERA = "latest_per_camera"  # live video: a newer frame replaces its camera's pending one;
+    # on a full queue it makes room like DROP_OLDEST, or is dropped itself if only WAIT frames are queued
+    DROP_OLDEST = "drop_oldest"  # make room by dropping the oldest droppable frame (never a WAIT one)
 
 
 class DropReason(str, Enum):
@@ -56,7 +57,8 @@ class Batcher:
         self.max_frame_age_s = max_frame_age_s
         self.max_frame_age_by_camera = dict(max_frame_age_by_camera or {})
         self._clock = clock
-        self._pending: deque[tuple[float, Frame]] = deque()
+        # (queued at, frame, may be dropped): frames of WAIT producers are never dropped for room.
+        self._pending: deque[tuple[float, Frame, bool]] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self.drops: Counter[tuple[str, str]] = Counter()
@@ -89,7 +91,7 @@ class Batcher:
             if self._closed:
                 return False
             if policy is DropPolicy.LATEST_PER_CAMERA:
-                for i, (_, old) in enumerate(self._pending):
+                for i, (_, old, _) in enumerate(self._pending):
                     if old.camera == frame.camera:
                         del self._pending[i]
                         self._drop(old.camera, DropReason.SUPERSEDED)
@@ -102,9 +104,16 @@ class Batcher:
                         # (or is shutting down), so nothing was lost yet.
                         return False
                 else:
-                    _, oldest = self._pending.popleft()
+                    # Room is made at the expense of droppable frames only: a WAIT producer (a file
+                    # read without pacing) was promised that its frames are never lost.
+                    victim = next((i for i, (_, _, droppable) in enumerate(self._pending) if droppable), None)
+                    if victim is None:
+                        self._drop(frame.camera, DropReason.QUEUE_FULL)
+                        return False
+                    _, oldest, _ = self._pending[victim]
+                    del self._pending[victim]
                     self._drop(oldest.camera, DropReason.QUEUE_FULL)
-            self._pending.append((self._clock(), frame))
+            self._pending.append((self._clock(), frame, policy is not DropPolicy.WAIT))
             self.accepted += 1
             self._cond.notify_all()
             return True
@@ -148,13 +157,14 @@ class Batcher:
     def _drop_stale(self, now: float) -> None:
         if self.max_frame_age_s is None and not any(v is not None for v in self.max_frame_age_by_camera.values()):
             return
-        kept: deque[tuple[float, Frame]] = deque()
-        for queued_at, frame in self._pending:
+        kept: deque[tuple[float, Frame, bool]] = deque()
+        for entry in self._pending:
+            frame = entry[1]
             max_age = self._max_age(frame.camera)
             if max_age is not None and now - frame.captured_monotonic > max_age:
                 self._drop(frame.camera, DropReason.STALE)
             else:
-                kept.append((queued_at, frame))
+                kept.append(entry)
         if len(kept) != len(self._pending):
             self._pending = kept
             self._cond.notify_all()

@@ -62,6 +62,30 @@ def test_drop_oldest_when_full_is_counted():
     assert b.drops[("a", "queue_full")] == 3
 
 
+@pytest.mark.parametrize("policy", [DropPolicy.LATEST_PER_CAMERA, DropPolicy.DROP_OLDEST])
+def test_a_live_frame_never_makes_room_by_dropping_a_file_frame(policy):
+    """A full queue of WAIT frames (a file read without pacing) plus a live frame: the live one goes.
+
+    Found by a flaky end-to-end run: a realtime camera's frame arriving at a queue that a
+    non-realtime file had filled dropped one of the file's frames, which must never be lost.
+    """
+    b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=2)
+    assert b.put(frame("file", 0), DropPolicy.WAIT) and b.put(frame("file", 1), DropPolicy.WAIT)
+    assert not b.put(frame("live", 7), policy)
+    assert b.drops == {("live", "queue_full"): 1}
+    assert [(f.camera, f.frame_index) for f in b.next_batch(timeout=0)] == [("file", 0), ("file", 1)]
+
+
+def test_room_is_made_from_the_oldest_droppable_frame():
+    b = Batcher(batch_size=3, max_batch_wait_s=60, max_pending=3)
+    b.put(frame("file", 0), DropPolicy.WAIT)
+    b.put(frame("live", 1), DropPolicy.LATEST_PER_CAMERA)
+    b.put(frame("file", 2), DropPolicy.WAIT)
+    assert b.put(frame("other", 3), DropPolicy.DROP_OLDEST)
+    assert b.drops == {("live", "queue_full"): 1}
+    assert [(f.camera, f.frame_index) for f in b.next_batch(timeout=0)] == [("file", 0), ("file", 2), ("other", 3)]
+
+
 def test_wait_policy_blocks_producer_until_room():
     b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=2)
     b.put(frame("a", 0), DropPolicy.WAIT)
