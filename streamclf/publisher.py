@@ -64,6 +64,7 @@ class MqttPublisher:
         self.refused = 0  # CONNACKs that refused us (bad credentials, not authorised)
         self.last_error = ""
         self._last_overflow_warning = 0.0
+        self._last_overflow_state = ""
 
         self.client = self._new_client(cfg)
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
@@ -146,12 +147,14 @@ class MqttPublisher:
                 self.dropped_overflow += 1
                 self.dropped_by_topic[dropped.topic] += 1
                 now = time.monotonic()
-                if now - self._last_overflow_warning > 10:
-                    self._last_overflow_warning = now
+                state = "connected" if self._connected else "disconnected"
+                # At most one warning per 10 s, but always one when the broker's state differs from the
+                # last warning's: a start-up burst while connected must not hide an outage seconds later.
+                if now - self._last_overflow_warning > 10 or state != self._last_overflow_state:
+                    self._last_overflow_warning, self._last_overflow_state = now, state
                     log.warning(
                         "MQTT queue full (%d messages, broker %s); dropping the oldest, %d dropped so far",
-                        self.cfg.max_queued_messages, "connected" if self._connected else "disconnected",
-                        self.dropped_overflow,
+                        self.cfg.max_queued_messages, state, self.dropped_overflow,
                     )
             self._queue.append(msg)
             self._cond.notify_all()
