@@ -188,8 +188,8 @@ class ImageTower(nn.Module):
             out_rows = batch_size if layer.cls_only else rows
             layer.out_proj = PackedLinear(layer.out_proj, out_rows)
             if isinstance(layer.activation, QuickGELUActivation):
-                layer.fc1 = PackedLinear(_scaled(layer.fc1, _QUICK_GELU_ALPHA, bias=True), out_rows, "swish")
-                layer.fc2 = PackedLinear(_scaled(layer.fc2, 1.0 / _QUICK_GELU_ALPHA, bias=False), out_rows)
+                layer.fc1 = PackedLinear(_scaled(layer.fc1, _QUICK_GELU_ALPHA, scale_bias=True), out_rows, "swish")
+                layer.fc2 = PackedLinear(_scaled(layer.fc2, 1.0 / _QUICK_GELU_ALPHA, scale_bias=False), out_rows)
                 layer.activation = nn.Identity()
             else:
                 layer.fc1 = PackedLinear(layer.fc1, out_rows)
@@ -199,10 +199,10 @@ class ImageTower(nn.Module):
         return tower
 
 
-def _scaled(linear: nn.Linear, factor: float, bias: bool) -> nn.Linear:
-    """A copy of ``linear`` with its weight (and bias if ``bias``) times ``factor``, computed in fp32."""
+def _scaled(linear: nn.Linear, factor: float, scale_bias: bool) -> nn.Linear:
+    """A copy of ``linear`` with its weight (and its bias if ``scale_bias``) times ``factor``, computed in fp32."""
     weight = (linear.weight.detach().float() * factor).to(linear.weight.dtype)
-    b = linear.bias
-    if b is not None:
-        b = (b.detach().float() * factor).to(b.dtype) if bias else b.detach()
-    return _linear(weight, b)
+    bias = linear.bias
+    if bias is not None:
+        bias = (bias.detach().float() * factor).to(bias.dtype) if scale_bias else bias.detach()
+    return _linear(weight, bias)
