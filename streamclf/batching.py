@@ -20,9 +20,10 @@ from streamclf.entities import Frame
 class DropPolicy(str, Enum):
     """What ``Batcher.put`` does with a frame when the queue is full, or a newer frame exists."""
 
-    WAIT = "wait"  # block the producer: files read without realtime pacing lose nothing
+    WAIT = "wait"  # block the producer: files read without realtime pacing lose nothing; such frames
+    # fill at most max_pending - live_reserve slots, so a file job never locks live cameras out
     LATEST_PER_CAMERA = "latest_per_camera"  # live video: a newer frame replaces its camera's pending one;
-    # on a full queue it makes room like DROP_OLDEST, or is dropped itself if only WAIT frames are queued
+    # on a full queue it makes room like DROP_OLDEST
     DROP_OLDEST = "drop_oldest"  # make room by dropping the oldest droppable frame (never a WAIT one)
 
 
@@ -40,6 +41,11 @@ class Batcher:
     Times are ``clock()`` seconds (monotonic). ``max_frame_age_s`` of None keeps every frame;
     ``max_frame_age_by_camera`` (camera -> seconds or None) overrides it per camera, because a
     quiet camera and a batch job tolerate different ages.
+
+    ``live_reserve`` slots (default: one batch, at most half the queue) are kept from WAIT
+    frames. A file read without pacing produces frames far faster than the model takes them;
+    without the reserve it keeps the queue full and every live frame arriving meanwhile would
+    be dropped for want of room, blinding the live cameras for the whole file job.
     """
 
     def __init__(
@@ -50,10 +56,16 @@ class Batcher:
         max_frame_age_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_frame_age_by_camera: Mapping[str, float | None] | None = None,
+        live_reserve: int | None = None,
     ):
         self.batch_size = batch_size
         self.max_batch_wait_s = max_batch_wait_s
         self.max_pending = max_pending or max(4 * batch_size, 16)
+        if live_reserve is None:
+            live_reserve = min(batch_size, self.max_pending // 2)
+        if not 0 <= live_reserve < self.max_pending:
+            raise ValueError(f"live_reserve must be in [0, {self.max_pending}), got {live_reserve}")
+        self.max_wait_pending = self.max_pending - live_reserve
         self.max_frame_age_s = max_frame_age_s
         self.max_frame_age_by_camera = dict(max_frame_age_by_camera or {})
         self._clock = clock
@@ -96,27 +108,32 @@ class Batcher:
                         del self._pending[i]
                         self._drop(old.camera, DropReason.SUPERSEDED)
                         break
-            if len(self._pending) >= self.max_pending:
-                if policy is DropPolicy.WAIT:
-                    ok = self._cond.wait_for(lambda: self._closed or len(self._pending) < self.max_pending, timeout)
+            if policy is DropPolicy.WAIT:
+                if not self._wait_has_room():
+                    ok = self._cond.wait_for(lambda: self._closed or self._wait_has_room(), timeout)
                     if not ok or self._closed:
                         # Not counted as a drop: a WAIT producer still holds the frame and retries it
                         # (or is shutting down), so nothing was lost yet.
                         return False
-                else:
-                    # Room is made at the expense of droppable frames only: a WAIT producer (a file
-                    # read without pacing) was promised that its frames are never lost.
-                    victim = next((i for i, (_, _, droppable) in enumerate(self._pending) if droppable), None)
-                    if victim is None:
-                        self._drop(frame.camera, DropReason.QUEUE_FULL)
-                        return False
-                    _, oldest, _ = self._pending[victim]
-                    del self._pending[victim]
-                    self._drop(oldest.camera, DropReason.QUEUE_FULL)
+            elif len(self._pending) >= self.max_pending:
+                # Room is made at the expense of droppable frames only: a WAIT producer (a file
+                # read without pacing) was promised that its frames are never lost.
+                victim = next((i for i, (_, _, droppable) in enumerate(self._pending) if droppable), None)
+                if victim is None:  # only with live_reserve=0
+                    self._drop(frame.camera, DropReason.QUEUE_FULL)
+                    return False
+                _, oldest, _ = self._pending[victim]
+                del self._pending[victim]
+                self._drop(oldest.camera, DropReason.QUEUE_FULL)
             self._pending.append((self._clock(), frame, policy is not DropPolicy.WAIT))
             self.accepted += 1
             self._cond.notify_all()
             return True
+
+    def _wait_has_room(self) -> bool:
+        # Counted on demand: the queue holds a few dozen entries, and no counter can drift.
+        waiting = sum(1 for _, _, droppable in self._pending if not droppable)
+        return len(self._pending) < self.max_pending and waiting < self.max_wait_pending
 
     def next_batch(self, timeout: float | None = None) -> list[Frame]:
         """Block until a batch is due (full, or its oldest frame waited long enough), the

@@ -69,11 +69,39 @@ def test_a_live_frame_never_makes_room_by_dropping_a_file_frame(policy):
     Found by a flaky end-to-end run: a realtime camera's frame arriving at a queue that a
     non-realtime file had filled dropped one of the file's frames, which must never be lost.
     """
-    b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=2)
+    b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=2, live_reserve=0)
     assert b.put(frame("file", 0), DropPolicy.WAIT) and b.put(frame("file", 1), DropPolicy.WAIT)
     assert not b.put(frame("live", 7), policy)
     assert b.drops == {("live", "queue_full"): 1}
     assert [(f.camera, f.frame_index) for f in b.next_batch(timeout=0)] == [("file", 0), ("file", 1)]
+
+
+@pytest.mark.parametrize("policy", [DropPolicy.LATEST_PER_CAMERA, DropPolicy.DROP_OLDEST])
+def test_a_file_job_leaves_room_for_live_cameras(policy):
+    """A file read without pacing fills only its share of the queue; live frames still get in.
+
+    Found by CI: a realtime camera next to a non-realtime file lost its first frame because the
+    file had filled the whole queue before the model took its first batch.
+    """
+    b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=6)  # reserve: one batch
+    assert b.max_wait_pending == 4
+    for i in range(4):
+        assert b.put(frame("file", i), DropPolicy.WAIT)
+    assert not b.put(frame("file", 4), DropPolicy.WAIT, timeout=0.05)  # its share is full: it waits
+    assert b.put(frame("live", 0), policy) and b.put(frame("other", 0), policy)
+    assert not b.drops
+    # The queue is now full; a third live frame makes room from the live ones, never from the file.
+    assert b.put(frame("live", 1), policy)
+    assert sum(b.drops.values()) == 1 and all(camera != "file" for camera, _ in b.drops)
+    batches = [b.next_batch(timeout=0) for _ in range(3)]
+    got = [(f.camera, f.frame_index) for batch in batches for f in batch]
+    assert [i for c, i in got if c == "file"] == [0, 1, 2, 3]
+    assert ("live", 1) in got
+
+
+def test_live_reserve_must_leave_room_for_wait_frames():
+    with pytest.raises(ValueError, match="live_reserve"):
+        Batcher(batch_size=2, max_batch_wait_s=60, max_pending=4, live_reserve=4)
 
 
 def test_room_is_made_from_the_oldest_droppable_frame():
@@ -87,7 +115,7 @@ def test_room_is_made_from_the_oldest_droppable_frame():
 
 
 def test_wait_policy_blocks_producer_until_room():
-    b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=2)
+    b = Batcher(batch_size=2, max_batch_wait_s=60, max_pending=2, live_reserve=0)
     b.put(frame("a", 0), DropPolicy.WAIT)
     b.put(frame("a", 1), DropPolicy.WAIT)
     done = threading.Event()
