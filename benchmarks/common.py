@@ -21,6 +21,15 @@ LABEL_PROMPTS = {  # the 5 labels of every benchmark, the daemon's and the naive
 }
 
 
+def _native_bf16() -> bool:
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
 def machine() -> dict:
     """What the numbers came from: CPU model, cores, load average, library versions, GPU if any."""
     import cv2
@@ -38,6 +47,10 @@ def machine() -> dict:
     info = {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        # Two machines with the same model name differed here (AVX-512 with bf16 against AVX2 only),
+        # and the instruction set decides precision auto and the model's speed.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": _native_bf16(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     if "b_over_c" in ratios:
         rows.append(("(b)/(c)", f"{ratios['b_over_c']:.1f}", "goal >= 8 with precision auto"))
     print()
-    print(f"streamclf benchmark on {info['cpu']} ({info['cores']} cores), torch {info['torch']}; load average "
+    print(f"streamclf benchmark on {info['cpu']} ({info['cores']} cores, {info['cpu_capability']}, "
+          f"native bf16: {'yes' if info['native_bf16'] else 'no'}), torch {info['torch']}; load average "
           f"{info['load_average']} at start, {info['load_average_end']} at end; best of {len(rounds)} round(s)")
     print(_fmt_table(rows))
     print(f"JSON: {args.out}")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from streamclf.config import ModelConfig
-from streamclf.image_tower import ImageTower
+from streamclf.image_tower import ImageTower, cpu_can_pack
 from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -201,9 +201,12 @@ def _packed_if_equal(tower: torch.nn.Module, batch_size: int) -> torch.nn.Module
     one where they misbehave, keeps the plain tower (logged) instead of failing or
     computing something else: both towers embed two random images and must agree.
     """
-    if not isinstance(tower, ImageTower) or not torch.backends.mkldnn.is_available():
+    if not isinstance(tower, ImageTower):
         return tower
     dtype = next(tower.parameters()).dtype
+    if not cpu_can_pack(dtype):
+        log.debug("image tower: this CPU does not pack %s linear layers; using plain ones", dtype)
+        return tower
     pixels = torch.randn(2, tower.channels, tower.image_size, tower.image_size,
                          generator=torch.Generator().manual_seed(0)).to(dtype)
     try:

@@ -54,6 +54,23 @@ def _linear_add(layer: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> to
     return residual + layer(x)
 
 
+def cpu_can_pack(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs linear weights of ``dtype`` on this CPU.
+
+    fp32 packs on any x86 CPU oneDNN supports; bf16 packing needs AVX-512 (BW/VL/DQ) or
+    AVX-NE-CONVERT, and an AVX2-only CPU refuses it. bf16 on such a CPU is slow anyway:
+    precision auto picks fp32 there.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.bfloat16:
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return dtype == torch.float32
+
+
 class PackedLinear(nn.Module):
     """A linear layer whose weight is pre-packed in oneDNN's blocked layout, for the CPU.
 
