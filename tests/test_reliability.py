@@ -376,7 +376,7 @@ def test_bad_sources_never_block_start_up_or_the_other_cameras(tmp_path, broker,
         collector.wait_for(reported, timeout=40)
         # The good camera was online and publishing before the silent one had even timed out once.
         order = [(t.split("/")[1], json.loads(p)["state"]) for t, p, _ in collector.messages("+/+/status/detail")]
-        assert order.index(("good", "online")) < order.index(("silent", "offline"))
+        assert order.index(("good", "online")) < order.index(("silent", "offline")), order
         for cam, (state, reason, error) in expected.items():
             d = details(collector, cam)[-1]
             assert (d["state"], d["reason"]) == (state, reason), d
