@@ -21,20 +21,13 @@ LABEL_PROMPTS = {  # the 5 labels of every benchmark, the daemon's and the naive
 }
 
 
-def _native_bf16() -> bool:
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
-        return False
-
-
 def machine() -> dict:
     """What the numbers came from: CPU model, cores, load average, library versions, GPU if any."""
     import cv2
     import torch
     import transformers
+
+    from streamclf.classifier import cpu_has_native_bf16
 
     cpu = platform.processor() or "unknown"
     try:
@@ -50,7 +43,7 @@ def machine() -> dict:
         # Two machines with the same model name differed here (AVX-512 with bf16 against AVX2 only),
         # and the instruction set decides precision auto and the model's speed.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": _native_bf16(),
+        "native_bf16": cpu_has_native_bf16(),  # what precision auto goes by
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "torch": torch.__version__,
