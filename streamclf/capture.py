@@ -248,8 +248,9 @@ class Camera:
         raise NotImplementedError
 
     def _frame(self, bgr: np.ndarray, index: int, media_time: float) -> Frame:
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        return Frame(self.name, rgb, index, media_time, time.monotonic())
+        # Kept in OpenCV's BGR order: the preprocessor reads the channels in RGB order from the
+        # 224x224 crop, and a full-size conversion here would cost about 0.3 ms per 1280x720 frame.
+        return Frame(self.name, bgr, index, media_time, time.monotonic())
 
 
 class FileCamera(Camera):

@@ -299,10 +299,13 @@ class ClipClassifier:
         return LabelSet(names, torch.stack(rows))
 
     @torch.inference_mode()
-    def embed_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """L2-normalised fp32 image embeddings (N, dim) for RGB uint8 images of any size."""
+    def embed_images(self, images: Sequence[np.ndarray], bgr: bool = False) -> torch.Tensor:
+        """L2-normalised fp32 image embeddings (N, dim) for (H, W, 3) uint8 images of any size.
+
+        Images are RGB, or OpenCV's BGR with ``bgr=True`` (the pipeline's frames, as decoded).
+        """
         with self._lock:  # the preprocessor's buffers are reused: one batch at a time
-            return self._encode(self.preprocess(list(images)))
+            return self._encode(self.preprocess(list(images), bgr=bgr))
 
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

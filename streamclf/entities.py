@@ -18,8 +18,8 @@ import numpy as np
 class Frame:
     """One sampled frame of one camera, waiting to be classified.
 
-    ``image`` is RGB uint8, shape (height, width, 3). ``frame_index`` and ``frame_time``
-    (seconds) locate the frame in its source: for files the decoded-frame index and
+    ``image`` is BGR uint8 (OpenCV's order, as decoded), shape (height, width, 3).
+    ``frame_index`` and ``frame_time`` (seconds) locate the frame in its source: for files the decoded-frame index and
     the media time, for live streams a running count and the capture wall-clock time.
     ``captured_monotonic`` (``time.monotonic()`` seconds) is when it was decoded and is
     what frame-age limits are measured against.
@@ -42,7 +42,7 @@ class Frame:
 class Classification:
     """CLIP scores for one frame, or one zone of it: label -> probability (0..1) over the camera's labels.
 
-    ``zone`` is None for the whole frame. ``image`` is the RGB uint8 picture that was scored
+    ``zone`` is None for the whole frame. ``image`` is the BGR uint8 picture that was scored
     (the zone's crop, or the frame), kept so that a snapshot shows exactly what CLIP saw; it
     is a reference, not a copy, and takes no part in equality.
     """

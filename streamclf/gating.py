@@ -58,7 +58,7 @@ class ChangeGate:
         self.skipped: Counter[str] = Counter()  # frames that reused scores, per camera
 
     def thumbnail(self, image: np.ndarray) -> np.ndarray:
-        """(grid, grid, 3) int16 area-mean thumbnail of an RGB uint8 image."""
+        """(grid, grid, 3) int16 area-mean thumbnail of a uint8 image (any channel order)."""
         g = self.cfg.grid
         return cv2.resize(image, (g, g), interpolation=cv2.INTER_AREA).astype(np.int16)
 

@@ -164,7 +164,7 @@ class Pipeline:
         plan = self.gate.plan([_gate_frame(item) for item in items], keys=[(i.frame.camera, i.zone) for i in items]) \
             if self.gate else None
         to_run = plan.to_run if plan else list(range(len(items)))
-        embeddings = self.classifier.embed_images([items[i].image for i in to_run]) if to_run else None
+        embeddings = self.classifier.embed_images([items[i].image for i in to_run], bgr=True) if to_run else None
         with self._labels_lock:  # one consistent label set, label lists and thresholds per batch
             results: list = [None] * len(items)
             if to_run:

@@ -38,13 +38,13 @@ def snapshot_size(width: int, height: int, want_width: int | None, want_height: 
 
 
 def encode_jpeg(image: np.ndarray, cfg: SnapshotConfig) -> bytes:
-    """JPEG bytes of an RGB uint8 image, resized to the configured size at the configured quality (1..100)."""
+    """JPEG bytes of a BGR uint8 image (a frame as decoded), resized to the configured size at the configured quality (1..100)."""
     h, w = image.shape[:2]
     out_w, out_h = snapshot_size(w, h, cfg.width, cfg.height)
     if (out_w, out_h) != (w, h):
         shrinking = out_w * out_h < w * h
         image = cv2.resize(image, (out_w, out_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
     if not ok:
         raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
     return buf.tobytes()

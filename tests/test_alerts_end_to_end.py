@@ -38,9 +38,9 @@ def _decoded_scores(video, model_dir, labels=LABELS) -> list[dict[str, float]]:
         ok, bgr = cap.read()
         if not ok:
             break
-        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        frames.append(bgr)
     cap.release()
-    return classifier.score(classifier.embed_images(frames), label_set, [list(labels)] * len(frames))
+    return classifier.score(classifier.embed_images(frames, bgr=True), label_set, [list(labels)] * len(frames))
 
 
 def _states(collector, topic: str) -> list[bytes]:

@@ -72,7 +72,7 @@ def test_centre_crop_takes_the_middle():
     img = np.zeros((224, 400, 3), np.uint8)
     img[:, 88:312] = 255  # the central 224 columns
     out = resize_and_crop(img, PreprocessSpec())
-    assert out.shape == (224, 224, 3) and out.min() == 255
+    assert out.shape == (3, 224, 224) and out.min() == 255
 
 
 def test_scores_equal_transformers_pipeline_on_224_frames(clf, reference):

@@ -53,6 +53,18 @@ def test_matches_clip_image_processor(preprocessor, max_abs_err, reference):
 
 
 @pytest.mark.parametrize("preprocessor", [DeviceBatchPreprocessor, BatchPreprocessor])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bgr_frames_give_the_batch_of_their_rgb_originals(preprocessor, dtype):
+    """Decoded frames are BGR; the batch the model sees is RGB, bit for bit the same as from RGB input."""
+    rgb = _images(4)
+    bgr = [np.ascontiguousarray(image[..., ::-1]) for image in rgb]
+    pre = preprocessor(PreprocessSpec(), CPU, dtype)
+    from_rgb = pre(rgb).clone()
+    assert torch.equal(pre(bgr, bgr=True), from_rgb)
+    assert not torch.equal(pre(bgr), from_rgb)  # the flag is what swaps them
+
+
+@pytest.mark.parametrize("preprocessor", [DeviceBatchPreprocessor, BatchPreprocessor])
 def test_batches_are_not_reallocated(preprocessor):
     pre = preprocessor(PreprocessSpec(), CPU, torch.bfloat16)
     first = pre(_images(1))

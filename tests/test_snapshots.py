@@ -30,7 +30,7 @@ def test_snapshot_size(size, width, height, expected):
 
 def test_jpeg_decodes_to_the_stated_size_and_colour():
     image = np.zeros((240, 320, 3), np.uint8)
-    image[:] = (220, 20, 20)  # RGB red
+    image[:] = (20, 20, 220)  # red, in the BGR order frames are decoded in
     jpeg = encode_jpeg(image, SnapshotConfig(height=60, quality=90))
     assert jpeg[:2] == b"\xff\xd8"
     decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)  # BGR

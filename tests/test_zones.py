@@ -85,7 +85,7 @@ def test_pipeline_classifies_each_zone_as_its_own_image_in_one_batch(tiny_clip_d
     pipeline._classification_listeners = [seen.append]
     calls = []
     embed = classifier.embed_images
-    classifier.embed_images = lambda images: calls.append(len(images)) or embed(images)
+    classifier.embed_images = lambda images, bgr: calls.append(len(images)) or embed(images, bgr)
 
     image = pattern()
     image[:, :160] = (200, 30, 30)  # a different scene in each half
@@ -98,6 +98,6 @@ def test_pipeline_classifies_each_zone_as_its_own_image_in_one_batch(tiny_clip_d
     crops = [image[:, :160], image[:, 160:], image]
     for c, crop in zip(seen, crops):
         np.testing.assert_array_equal(c.image, crop)
-        alone = classifier.score(embed([crop]), pipeline.label_set, [["red_thing", "blue_thing"]])[0]
+        alone = classifier.score(embed([crop], bgr=True), pipeline.label_set, [["red_thing", "blue_thing"]])[0]
         assert c.scores == pytest.approx(alone, abs=1e-5)
     assert seen[0].scores != pytest.approx(seen[1].scores, abs=1e-6)  # the halves really differ
