@@ -3,19 +3,20 @@
 Files are sampled by position (frame index and media time), so a non-realtime run is
 deterministic and drops nothing; realtime files are paced to the wall clock like a
 camera. Live sources (RTSP/HTTP URLs, webcam indexes) decode continuously and hand the
-batcher only their newest frame, so a slow model never classifies stale video. Each
+batcher only their newest frame, so a slow model never classifies stale video; frames
+between two samples are decoded (``grab()``) but never converted to BGR (``retrieve()``). Each
 camera owns its thread and its VideoCapture, so one camera's fault never delays the
 others.
 
 Live sources fail in ways OpenCV does not handle on its own, so each live camera runs a
 small supervisor:
 
-- every open-and-read attempt runs in its own reader thread. ``VideoCapture.read()`` can
-  block with no timeout after a disconnect on some builds, so the supervisor never waits
+- every open-and-read attempt runs in its own reader thread. ``VideoCapture.grab()`` (and
+  ``read()``) can block with no timeout after a disconnect on some builds, so the supervisor never waits
   on it: a watchdog marks the camera offline when no frame arrives for
   ``stall_timeout_s`` and starts a fresh reader; the stuck one is abandoned and releases
   its capture itself if FFmpeg ever returns (releasing it from another thread while it is
-  inside ``read()`` could crash the process).
+  inside ``grab()`` could crash the process).
 - OpenCV serialises FFmpeg ``open()`` calls across the whole process with one mutex, so a
   source that hangs while opening would hold up every other camera's (re)connect for up
   to ``open_timeout_s``. Network sources are therefore probed first, in the camera's own
@@ -480,10 +481,10 @@ class LiveCamera(Camera):
         period = 1.0 / self.cfg.fps
         next_due = time.time()
         while not self._stop.is_set() and not attempt.abandoned.is_set():
-            ok, bgr = cap.read()
+            ok = cap.grab()  # decodes; the colour conversion waits for retrieve(), for sampled frames only
             if self._stop.is_set() or attempt.abandoned.is_set():
                 return
-            if not ok or bgr is None:
+            if not ok:
                 if attempt.frames:
                     attempt.fail("stream lost", "read failed: the stream ended, timed out or sent undecodable data")
                 else:
@@ -497,7 +498,8 @@ class LiveCamera(Camera):
                 with self._state_lock:
                     if attempt.abandoned.is_set() or attempt is not self._current:
                         return
-                    log.info("camera %s: receiving frames (%dx%d)", self.name, bgr.shape[1], bgr.shape[0])
+                    log.info("camera %s: receiving frames (%dx%d)", self.name,
+                             cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
                     if attempts:
                         log.info("camera %s: back online after %d failed attempt(s)", self.name, attempts)
                     # The previous error stays in the detail for context; the attempt count starts afresh.
@@ -505,6 +507,10 @@ class LiveCamera(Camera):
             if now + 1e-6 < next_due:
                 continue
             next_due = max(next_due + period, now)
+            ok, bgr = cap.retrieve()
+            if not ok or bgr is None:
+                self.batcher.count_drop(self.name, DropReason.DECODE_ERROR)
+                continue
             self.frames_sampled += 1
             self.batcher.put(self._frame(bgr, self.frames_sampled - 1, now), DropPolicy.LATEST_PER_CAMERA)
 

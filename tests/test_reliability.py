@@ -193,7 +193,7 @@ def test_probe_reports_closed_silent_and_wrong_servers_quickly():
 
 # --------------------------------------------------------------------------- live camera with a hanging capture
 class HangingCapture:
-    """A capture that delivers ``frames`` frames, then blocks in read() until ``release_reads`` is set."""
+    """A capture that delivers ``frames`` frames, then blocks in grab() until ``release_reads`` is set."""
 
     def __init__(self, frames: int, release_reads: threading.Event):
         self.left = frames
@@ -203,13 +203,19 @@ class HangingCapture:
     def isOpened(self) -> bool:
         return True
 
-    def read(self):
+    def get(self, prop: int) -> float:
+        return 8.0  # width and height
+
+    def grab(self) -> bool:
         if self.left > 0:
             self.left -= 1
             time.sleep(0.02)
-            return True, np.zeros((8, 8, 3), np.uint8)
+            return True
         self.release_reads.wait()  # like FFmpeg after a disconnect on some builds: no timeout
-        return False, None
+        return False
+
+    def retrieve(self):
+        return True, np.zeros((8, 8, 3), np.uint8)
 
     def release(self) -> None:
         self.released = True
@@ -237,7 +243,7 @@ def test_watchdog_reopens_a_stream_whose_read_never_returns():
         assert offline.reason == "stalled" and "no frame for" in offline.last_error
         assert offline.reconnect_attempts == 1
         # A fresh capture replaces the stuck one, which is left alone: releasing it while it is
-        # inside read() could crash OpenCV.
+        # inside grab() could crash OpenCV.
         wait_until(lambda: len(opened) >= 2 and sum(s.state is CameraState.ONLINE for s in seen) >= 2, 5, "reopened")
         assert not opened[0].released
     finally:
