@@ -29,8 +29,8 @@ from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, Pre
 
 log = logging.getLogger(__name__)
 
-# Packed and plain towers differ only by float rounding (same weights, same operations).
-PACKED_MIN_COSINE = 0.9999
+# Our towers and transformers' forward differ only by float rounding (same weights, same operations).
+TOWER_MIN_COSINE = 0.9999
 
 
 class ModelLoadError(Exception):
@@ -181,17 +181,39 @@ class _TransformersImageTower(torch.nn.Module):
 
 
 def _image_tower(model) -> torch.nn.Module:
-    """The pooled-embedding tower (see image_tower.py), or transformers' forward if the layout is unusual.
+    """The pooled-embedding tower (see image_tower.py), or transformers' forward if the layout is unusual
+    or the tower computes something else on this device.
 
-    The transformers vision model is released afterwards: the tower holds every weight it needs.
+    Both embed one random image at load, in fp32 on the model's device: the tower is our own
+    rearrangement of CLIP's forward, and a device or torch build it was never run on must not
+    score frames with it unchecked. The transformers vision model is released afterwards: the
+    tower holds every weight it needs.
     """
+    reference = _TransformersImageTower(model.vision_model, model.visual_projection)
     try:
         tower = ImageTower(model.vision_model, model.visual_projection)
     except (ValueError, AttributeError, TypeError) as exc:
         log.warning("image tower: using transformers' forward (%s)", exc)
-        return _TransformersImageTower(model.vision_model, model.visual_projection)
+        return reference
+    pixels = torch.randn(1, tower.channels, tower.image_size, tower.image_size,
+                         generator=torch.Generator().manual_seed(0)).to(next(tower.parameters()).device)
+    try:
+        cosine = _cosine(tower, reference, pixels)
+    except (RuntimeError, NotImplementedError) as exc:
+        log.warning("image tower: fails on %s (%s); using transformers' forward", pixels.device, _short(exc))
+        return reference
+    if cosine < TOWER_MIN_COSINE:
+        log.warning("image tower: disagrees with transformers' forward on %s (cosine %.5f); using transformers' "
+                    "forward", pixels.device, cosine)
+        return reference
     model.vision_model = None
     return tower
+
+
+def _cosine(a: torch.nn.Module, b: torch.nn.Module, pixels: torch.Tensor) -> float:
+    """The lowest cosine similarity between the embeddings ``a`` and ``b`` give the images in ``pixels``."""
+    with torch.inference_mode():
+        return torch.nn.functional.cosine_similarity(a(pixels).float(), b(pixels).float(), dim=-1).min().item()
 
 
 def _packed_if_equal(tower: torch.nn.Module, batch_size: int) -> torch.nn.Module:
@@ -211,14 +233,13 @@ def _packed_if_equal(tower: torch.nn.Module, batch_size: int) -> torch.nn.Module
                          generator=torch.Generator().manual_seed(0)).to(dtype)
     try:
         packed = tower.packed_for_cpu(batch_size)
-        with torch.inference_mode():
-            cosine = torch.nn.functional.cosine_similarity(packed(pixels).float(), tower(pixels).float(), dim=-1)
+        cosine = _cosine(packed, tower, pixels)
     except (RuntimeError, NotImplementedError, AttributeError) as exc:
         # Informational: nothing for the user to fix, the plain tower computes the same (about 10% slower).
         log.info("image tower: packed linear layers unavailable (%s); using plain ones", _short(exc))
         return tower
-    if cosine.min().item() < PACKED_MIN_COSINE:
-        log.warning("image tower: packed linear layers disagree (cosine %.5f); using plain ones", cosine.min().item())
+    if cosine < TOWER_MIN_COSINE:
+        log.warning("image tower: packed linear layers disagree (cosine %.5f); using plain ones", cosine)
         return tower
     return packed
 

@@ -91,6 +91,35 @@ def test_unusual_layout_falls_back_to_transformers_forward(tiny_clip_dir, monkey
     torch.testing.assert_close(fallback.embed_images(images), fast, atol=1e-5, rtol=1e-4)
 
 
+def _shifted(self, pixel_values):
+    return _REAL_FORWARD(self, pixel_values) + 1.0  # as if a kernel on this device computed something else
+
+
+def _failing(self, pixel_values):
+    raise RuntimeError("no kernel image is available for execution on the device")
+
+
+_REAL_FORWARD = ImageTower.forward
+
+
+@pytest.mark.parametrize("sabotage, message", [
+    (_shifted, "image tower: disagrees with transformers' forward on cpu (cosine"),
+    (_failing, "image tower: fails on cpu (no kernel image is available for execution on the device)"),
+])
+def test_a_tower_that_is_wrong_on_the_device_falls_back_to_transformers_forward(tiny_clip_dir, monkeypatch, caplog,
+                                                                                 sabotage, message):
+    """The tower is checked against transformers' forward at every load, on the device it will run on."""
+    images = [np.random.default_rng(2).integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(3)]
+    cfg = ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32")
+    good = ClipClassifier(cfg).embed_images(images)
+    monkeypatch.setattr(ImageTower, "forward", sabotage)
+    with caplog.at_level("WARNING", logger="streamclf.classifier"):
+        clf = ClipClassifier(cfg)
+    assert message in caplog.text
+    assert clf.model.vision_model is not None and not isinstance(clf.image_tower, ImageTower)
+    torch.testing.assert_close(clf.embed_images(images), good, atol=1e-5, rtol=1e-4)
+
+
 def _tiny_tower(tiny_clip_dir) -> ImageTower:
     model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
     return ImageTower(model.vision_model, model.visual_projection).eval()
