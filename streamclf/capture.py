@@ -4,15 +4,15 @@ Files are sampled by position (frame index and media time), so a non-realtime ru
 deterministic and drops nothing; realtime files are paced to the wall clock like a
 camera. Live sources (RTSP/HTTP URLs, webcam indexes) decode continuously and hand the
 batcher only their newest frame, so a slow model never classifies stale video; frames
-between two samples are decoded (``grab()``) but never converted to BGR (``retrieve()``). Each
-camera owns its thread and its VideoCapture, so one camera's fault never delays the
+between two samples are decoded (``grab()``) but never converted to BGR (``retrieve()``).
+Each camera owns its thread and its VideoCapture, so one camera's fault never delays the
 others.
 
 Live sources fail in ways OpenCV does not handle on its own, so each live camera runs a
 small supervisor:
 
-- every open-and-read attempt runs in its own reader thread. ``VideoCapture.grab()`` (and
-  ``read()``) can block with no timeout after a disconnect on some builds, so the supervisor never waits
+- every open-and-read attempt runs in its own reader thread. ``VideoCapture.grab()`` can
+  block with no timeout after a disconnect on some builds, so the supervisor never waits
   on it: a watchdog marks the camera offline when no frame arrives for
   ``stall_timeout_s`` and starts a fresh reader; the stuck one is abandoned and releases
   its capture itself if FFmpeg ever returns (releasing it from another thread while it is

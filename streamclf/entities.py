@@ -19,8 +19,9 @@ class Frame:
     """One sampled frame of one camera, waiting to be classified.
 
     ``image`` is BGR uint8 (OpenCV's order, as decoded), shape (height, width, 3).
-    ``frame_index`` and ``frame_time`` (seconds) locate the frame in its source: for files the decoded-frame index and
-    the media time, for live streams a running count and the capture wall-clock time.
+    ``frame_index`` and ``frame_time`` (seconds) locate the frame in its source: for files
+    the decoded-frame index and the media time, for live streams a running count and the
+    capture wall-clock time.
     ``captured_monotonic`` (``time.monotonic()`` seconds) is when it was decoded and is
     what frame-age limits are measured against.
     """
