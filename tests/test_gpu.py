@@ -13,6 +13,7 @@ import torch
 
 from streamclf.classifier import ClipClassifier
 from streamclf.config import ModelConfig
+from streamclf.image_tower import ImageTower
 from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -53,6 +54,16 @@ def test_cuda_half_precisions_stay_within_cosine_0_999_of_fp32(tiny_clip_dir, pr
     assert got.device.type == "cuda" and ref.device.type == "cuda"
     cos = torch.nn.functional.cosine_similarity(got.float(), ref.float(), dim=-1)
     assert cos.min().item() >= 0.999, cos
+
+
+@pytest.mark.parametrize("device_name", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_the_image_tower_passes_its_load_check_on_the_device(tiny_clip_dir, device_name, caplog):
+    """At load the tower is compared with transformers' forward on the device; there it must agree,
+    or the daemon would quietly run transformers' slower forward."""
+    with caplog.at_level("WARNING", logger="streamclf.classifier"):
+        clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device=device_name, precision="fp32"))
+    assert "image tower" not in caplog.text
+    assert isinstance(clf.image_tower, ImageTower) and clf.model.vision_model is None
 
 
 @needs_cuda
