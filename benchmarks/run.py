@@ -65,6 +65,8 @@ def _config(model_dir: Path, broker, prefix: str, args, cameras: dict) -> dict:
         model["opencv_threads"] = args.opencv_threads
     if args.decode_threads is not None:
         cameras = {name: {**cam, "decode_threads": args.decode_threads} for name, cam in cameras.items()}
+    if args.decode_priority is not None:
+        cameras = {name: {**cam, "decode_priority": args.decode_priority} for name, cam in cameras.items()}
     return {
         "mqtt": {"host": broker.host, "port": broker.port, "topic_prefix": prefix, "qos": 1,
                  "max_queued_messages": 100000},
@@ -268,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--opencv-threads", type=int, default=None, help="model.opencv_threads (default: the daemon's)")
     p.add_argument("--decode-threads", type=int, default=None,
                    help="cameras.*.decode_threads (default: the daemon's; 0: FFmpeg's choice)")
+    p.add_argument("--decode-priority", choices=["auto", "normal", "idle"], default=None,
+                   help="cameras.*.decode_priority (default: the daemon's, auto)")
     p.add_argument("--parts", default="abcd", help="which of (a)-(d) to run (ratios need a, b and c)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cameras", type=int, default=4, help="synthetic files for (b)")

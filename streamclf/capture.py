@@ -194,6 +194,29 @@ def probe_stream(url: str, timeout_s: float) -> str | None:
     return None
 
 
+def _enter_idle_priority(camera: str) -> bool:
+    """Move the calling thread (and the threads it starts) to Linux's SCHED_IDLE class.
+
+    Why: torch runs a batch on every core, split into equal parts that wait for each other. A
+    decoder that takes a core from one of them for a millisecond stalls the others for that
+    millisecond too, and non-realtime files are decoded as fast as the model takes frames, so
+    their decoding always has work to do. At idle priority it runs only on CPU time nobody else
+    wants: gaps in the model's work, and between batches. A live camera keeps normal priority:
+    its frames arrive at the camera's pace and are late if the reader waits (see
+    ``CameraConfig.decode_priority``). Returns False where the platform has no SCHED_IDLE.
+    """
+    if not hasattr(os, "SCHED_IDLE"):
+        log.info("camera %s: decode_priority idle needs Linux's SCHED_IDLE; decoding at normal priority", camera)
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread, on Linux
+    except OSError as exc:  # e.g. a seccomp profile that forbids it: decode at normal priority
+        log.warning("camera %s: could not lower the decoding priority (%s); decoding at normal priority",
+                    camera, exc)
+        return False
+    return True
+
+
 class Camera:
     """Base: a named source, a thread, a stop event and status reporting."""
 
@@ -239,6 +262,8 @@ class Camera:
                 log.exception("camera %s: status listener failed", self.name)
 
     def _run_guarded(self) -> None:
+        if self.cfg.idle_decoding:
+            _enter_idle_priority(self.name)
         try:
             self._run()
         except Exception as exc:

@@ -217,6 +217,12 @@ class CameraConfig(_Model):
     decode_threads: int = Field(
         1, ge=0, le=64, description="FFmpeg decoder threads for this camera; 0: FFmpeg's choice (all cores)."
     )
+    decode_priority: Literal["auto", "normal", "idle"] = Field(
+        "auto",
+        description="CPU priority of this camera's decoding. idle: Linux SCHED_IDLE, it decodes only on CPU "
+        "time that nothing else in the machine wants, so it never delays the model or a live camera; "
+        "auto: idle for files read with realtime: false (batch jobs), normal for everything else.",
+    )
 
     @field_validator("source")
     @classmethod
@@ -233,6 +239,13 @@ class CameraConfig(_Model):
                 f"reconnect_backoff_initial_s ({self.reconnect_backoff_initial_s})"
             )
         return self
+
+    @property
+    def idle_decoding(self) -> bool:
+        """Whether this camera decodes at idle priority (see ``decode_priority``)."""
+        if self.decode_priority == "auto":
+            return self.is_file and not self.realtime
+        return self.decode_priority == "idle"
 
     @property
     def effective_max_frame_age_s(self) -> float | None:

@@ -1,15 +1,19 @@
-"""The thread budget: torch, OpenCV and FFmpeg decoder threads come from the config."""
+"""The thread budget: torch, OpenCV and FFmpeg decoder threads, and the decoders' CPU priority, come from the config."""
 
 from __future__ import annotations
 
+import os
 import cv2
 import pytest
 import torch
 
-from streamclf.capture import open_capture
+from streamclf.batching import Batcher
+from streamclf.capture import FileCamera, LiveCamera, open_capture
 from streamclf.classifier import ClipClassifier
 from streamclf.config import CameraConfig, ModelConfig
+from tests.conftest import wait_until
 from tests.servers import make_video
+from tests.test_capture import CountingCapture
 
 
 def test_model_config_sets_torch_and_opencv_threads(tiny_clip_dir):
@@ -36,3 +40,67 @@ def test_open_capture_caps_ffmpeg_decoder_threads(tmp_path, threads):
         assert cap.isOpened() and cap.get(cv2.CAP_PROP_N_THREADS) == threads
     finally:
         cap.release()
+
+
+def test_decode_priority_auto_is_idle_only_for_files_read_as_fast_as_possible():
+    assert CameraConfig(source="x.mp4", realtime=False).idle_decoding
+    assert not CameraConfig(source="x.mp4").idle_decoding  # realtime files keep their pace: normal
+    assert not CameraConfig(source="rtsp://cam/stream").idle_decoding
+    assert not CameraConfig(source="x.mp4", realtime=False, decode_priority="normal").idle_decoding
+    assert CameraConfig(source="rtsp://cam/stream", decode_priority="idle").idle_decoding
+
+
+_IDLE = getattr(os, "SCHED_IDLE", None)
+
+
+@pytest.mark.skipif(_IDLE is None, reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("settings, idle", [
+    ({"realtime": False}, True),
+    ({"realtime": True}, False),
+    ({"realtime": False, "decode_priority": "normal"}, False),
+    ({"realtime": True, "decode_priority": "idle"}, True),
+])
+def test_a_file_camera_decodes_in_the_scheduling_class_its_config_asks_for(tmp_path, settings, idle):
+    """A real file, decoded by FFmpeg on the camera's thread; its class is read from the kernel
+    while the camera waits on a full queue (or on its realtime pace)."""
+    video = make_video(tmp_path / "v.mp4", 40)
+    cfg = CameraConfig(source=str(video), fps=10, **settings)
+    batcher = Batcher(batch_size=2, max_batch_wait_s=10, max_pending=4, live_reserve=0)
+    cam = FileCamera("cam", cfg, batcher, lambda status: None, str(video))
+    cam.start()
+    try:
+        wait_until(lambda: batcher.accepted >= 2, 10, "the camera has queued frames")
+        policy = os.sched_getscheduler(cam._thread.native_id)
+    finally:
+        cam.stop()
+        batcher.close()
+        cam.join(5)
+    assert (policy == _IDLE) is idle, policy
+
+
+@pytest.mark.skipif(_IDLE is None, reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("priority, idle", [("auto", False), ("idle", True)])
+def test_a_live_cameras_reader_thread_inherits_its_decoding_class(priority, idle):
+    """Live streams are read on a reader thread per attempt: the class must reach the thread that calls grab()."""
+    policies: list[int] = []
+
+    class Source(CountingCapture):
+        def grab(self):
+            policies.append(os.sched_getscheduler(0))
+            return super().grab()
+
+    def open_source(source, open_timeout_s, read_timeout_s, transport, started, decode_threads=0):
+        started()
+        return Source()
+
+    cfg = CameraConfig(source="rtsp://cam/x", fps=5, decode_priority=priority)
+    batcher = Batcher(batch_size=64, max_batch_wait_s=10, max_pending=64)
+    cam = LiveCamera("cam", cfg, batcher, lambda s: None, "rtsp://cam/x", open_source=open_source,
+                     probe=lambda u, t: None)
+    cam.start()
+    try:
+        wait_until(lambda: len(policies) >= 5, 5, "frames grabbed")
+    finally:
+        cam.stop()
+        cam.join(5)
+    assert {p == _IDLE for p in policies} == {idle}
