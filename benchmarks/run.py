@@ -293,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         args.cameras, args.frames, args.model_seconds, args.naive_seconds, args.rounds = 2, 16, 1, 2, 1
         args.rtsp_trials, args.rtsp_warmup_s, args.rtsp_window_s = 1, 1, 3
 
+    if "c" in args.parts:
+        try:
+            import PIL  # noqa: F401  (the transformers pipeline of (c) reads PIL images)
+        except ImportError:
+            p.error("(c), the naive pipeline loop, needs Pillow: run scripts/setup.sh --test "
+                    "(or leave c out of --parts)")
+
     from tests.servers import MosquittoBroker
 
     args.workdir.mkdir(parents=True, exist_ok=True)

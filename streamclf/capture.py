@@ -217,10 +217,21 @@ def _enter_idle_priority(camera: str) -> bool:
     return True
 
 
-class Camera:
-    """Base: a named source, a thread, a stop event and status reporting."""
+PrepareFrame = Callable[[np.ndarray], object]  # a frame -> its model input (ClipClassifier.prepare_image)
 
-    def __init__(self, name: str, cfg: CameraConfig, batcher: Batcher, on_status: StatusCallback, source: int | str):
+
+class Camera:
+    """Base: a named source, a thread, a stop event and status reporting.
+
+    ``prepare``, when given, is the part of preprocessing that can run ahead (the resize and
+    crop). It runs on the capture thread only when that thread decodes at idle priority: there
+    it costs the model nothing, and the inference thread, which every batch waits for, only
+    copies the result. At normal priority the same work would compete with the model for the
+    cores just as it does in the inference thread, so it is left there.
+    """
+
+    def __init__(self, name: str, cfg: CameraConfig, batcher: Batcher, on_status: StatusCallback, source: int | str,
+                 prepare: PrepareFrame | None = None):
         self.name = name
         self.cfg = cfg
         self.source = source
@@ -234,6 +245,8 @@ class Camera:
         self.frames_sampled = 0
         self.reconnects = 0  # failed attempts and stalls since start
         self.last_status = CameraStatus(name, CameraState.STARTING, "starting")
+        self._prepare = prepare
+        self._prepare_here = False  # decided on the capture thread, once its priority is known
 
     def start(self) -> None:
         self._thread.start()
@@ -262,8 +275,8 @@ class Camera:
                 log.exception("camera %s: status listener failed", self.name)
 
     def _run_guarded(self) -> None:
-        if self.cfg.idle_decoding:
-            _enter_idle_priority(self.name)
+        if self.cfg.idle_decoding and _enter_idle_priority(self.name):
+            self._prepare_here = self._prepare is not None
         try:
             self._run()
         except Exception as exc:
@@ -276,7 +289,16 @@ class Camera:
     def _frame(self, bgr: np.ndarray, index: int, media_time: float) -> Frame:
         # Kept in OpenCV's BGR order: the preprocessor reads the channels in RGB order from the
         # 224x224 crop, and a full-size conversion here would cost about 0.3 ms per 1280x720 frame.
-        return Frame(self.name, bgr, index, media_time, time.monotonic())
+        captured = time.monotonic()
+        model_input = None
+        if self._prepare_here:
+            try:
+                model_input = self._prepare(bgr)
+            except Exception:  # the inference thread prepares it instead; said once, not per frame
+                log.exception("camera %s: preparing frames for the model failed; the inference thread does it",
+                              self.name)
+                self._prepare_here = False
+        return Frame(self.name, bgr, index, media_time, captured, model_input)
 
 
 class FileCamera(Camera):
@@ -402,9 +424,9 @@ class LiveCamera(Camera):
 
     def __init__(
         self, name: str, cfg: CameraConfig, batcher: Batcher, on_status: StatusCallback, source: int | str,
-        open_source: OpenSource = open_capture, probe: ProbeSource = probe_stream,
+        open_source: OpenSource = open_capture, probe: ProbeSource = probe_stream, prepare: PrepareFrame | None = None,
     ):
-        super().__init__(name, cfg, batcher, on_status, source)
+        super().__init__(name, cfg, batcher, on_status, source, prepare)
         self._open_source = open_source
         self._probe = probe
         self._current: _Attempt | None = None
@@ -541,15 +563,16 @@ class LiveCamera(Camera):
 
 
 def make_camera(
-    name: str, cfg: CameraConfig, batcher: Batcher, on_status: StatusCallback, base_dir: str | None = None
+    name: str, cfg: CameraConfig, batcher: Batcher, on_status: StatusCallback, base_dir: str | None = None,
+    prepare: PrepareFrame | None = None,
 ) -> Camera:
     """The right Camera for ``cfg.source``; relative file paths resolve against ``base_dir``."""
     if cfg.is_file:
         path = os.path.expanduser(str(cfg.source))
         if base_dir and not os.path.isabs(path):
             path = os.path.join(base_dir, path)
-        return FileCamera(name, cfg, batcher, on_status, path)
+        return FileCamera(name, cfg, batcher, on_status, path, prepare)
     source = cfg.source
     if isinstance(source, str) and source.isdigit():
         source = int(source)
-    return LiveCamera(name, cfg, batcher, on_status, source)
+    return LiveCamera(name, cfg, batcher, on_status, source, prepare=prepare)

@@ -17,7 +17,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -319,14 +319,24 @@ class ClipClassifier:
             start += k
         return LabelSet(names, torch.stack(rows))
 
+    @property
+    def prepare_image(self) -> Callable[[np.ndarray], torch.Tensor] | None:
+        """The part of preprocessing that can run ahead, per image and in any thread (None: none can).
+
+        On the host path it is the resize and crop; ``embed_images(..., prepared=...)`` takes its results.
+        """
+        return self.preprocess.prepare
+
     @torch.inference_mode()
-    def embed_images(self, images: Sequence[np.ndarray], bgr: bool = False) -> torch.Tensor:
+    def embed_images(self, images: Sequence[np.ndarray], bgr: bool = False,
+                     prepared: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
         """L2-normalised fp32 image embeddings (N, dim) for (H, W, 3) uint8 images of any size.
 
         Images are RGB, or OpenCV's BGR with ``bgr=True`` (the pipeline's frames, as decoded).
+        ``prepared[i]``, where not None, is ``prepare_image(images[i])``, computed earlier.
         """
         with self._lock:  # the preprocessor's buffers are reused: one batch at a time
-            return self._encode(self.preprocess(list(images), bgr=bgr))
+            return self._encode(self.preprocess(list(images), bgr=bgr, prepared=prepared))
 
     @torch.inference_mode()
     def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,9 @@ class Frame:
     capture wall-clock time.
     ``captured_monotonic`` (``time.monotonic()`` seconds) is when it was decoded and is
     what frame-age limits are measured against.
+    ``model_input`` is the whole frame already resized and cropped for the model (a planar
+    uint8 tensor, still BGR), when the capture thread could do that on CPU time the model does
+    not want (see ``Camera``); None leaves it to the inference thread.
     """
 
     camera: str
@@ -31,6 +34,7 @@ class Frame:
     frame_index: int
     frame_time: float
     captured_monotonic: float
+    model_input: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:

@@ -164,7 +164,10 @@ class Pipeline:
         plan = self.gate.plan([_gate_frame(item) for item in items], keys=[(i.frame.camera, i.zone) for i in items]) \
             if self.gate else None
         to_run = plan.to_run if plan else list(range(len(items)))
-        embeddings = self.classifier.embed_images([items[i].image for i in to_run], bgr=True) if to_run else None
+        embeddings = self.classifier.embed_images(
+            [items[i].image for i in to_run], bgr=True,
+            prepared=[items[i].frame.model_input if items[i].zone is None else None for i in to_run],
+        ) if to_run else None
         with self._labels_lock:  # one consistent label set, label lists and thresholds per batch
             results: list = [None] * len(items)
             if to_run:
@@ -321,7 +324,9 @@ class Pipeline:
                 self._on_camera_status(status)
 
         self.batcher.set_max_frame_age(name, cam_cfg.effective_max_frame_age_s)
-        cam = make_camera(name, cam_cfg, self.batcher, on_status, self.base_dir)
+        # A zoned camera's frames are cut into zones before the model; only whole frames are prepared ahead.
+        prepare = None if cam_cfg.zones else self.classifier.prepare_image
+        cam = make_camera(name, cam_cfg, self.batcher, on_status, self.base_dir, prepare)
         holder.append(cam)
         return cam
 

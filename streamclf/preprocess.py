@@ -15,7 +15,9 @@ Two implementations, chosen by ``model.preprocess``:
 
 Neither allocates per-frame or per-batch tensors in steady state: staging and output
 buffers are kept per batch size (and per frame size for the device path). The returned
-batch is therefore only valid until the next call.
+batch is therefore only valid until the next call. (The host path's ``prepare``, which a
+capture thread may call ahead of the batch, returns a new crop per frame: it is handed
+between threads, so it cannot be a shared buffer.)
 
 Frames arrive in OpenCV's BGR order (``bgr=True``; what the cameras decode) or in RGB.
 Nothing converts them at full size: the channels are read in RGB order only when the
@@ -25,6 +27,7 @@ Nothing converts them at full size: the channels are read in RGB order only when
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -157,11 +160,28 @@ class BatchPreprocessor:
         return self._outputs[n]
 
     @torch.inference_mode()
-    def __call__(self, images: list[np.ndarray], bgr: bool = False) -> torch.Tensor:
-        """Return a (N, 3, crop_h, crop_w) RGB tensor of ``dtype`` on the device (valid until the next call)."""
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """The resize and crop of one image, (3, crop_h, crop_w) uint8 in its own channel order.
+
+        Callable from any thread: the pipeline's idle-priority capture threads do this part
+        ahead of the batch, and ``__call__`` then only copies it into the staging batch.
+        """
+        return resize_and_crop(image, self.spec)
+
+    @torch.inference_mode()
+    def __call__(self, images: list[np.ndarray], bgr: bool = False,
+                 prepared: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Return a (N, 3, crop_h, crop_w) RGB tensor of ``dtype`` on the device (valid until the next call).
+
+        ``prepared[i]``, where given, is ``prepare(images[i])`` done earlier and is used as is.
+        """
         staging = self._buffer(len(images))
         for i, image in enumerate(images):
-            resize_and_crop(image, self.spec, out=staging[i])
+            ready = prepared[i] if prepared is not None else None
+            if ready is not None:
+                staging[i].copy_(ready)
+            else:
+                resize_and_crop(image, self.spec, out=staging[i])
         pixels = staging.to(self.device, non_blocking=True)
         return self._normalise(pixels, self._output(len(images)), bgr)
 
@@ -202,10 +222,12 @@ class DeviceBatchPreprocessor:
             self._outputs[n] = torch.empty(shape, dtype=self.dtype, device=self.device)
         return self._outputs[n]
 
+    prepare = None  # whole frames go to the device; nothing can be done ahead on the host
+
     @torch.inference_mode()
-    def __call__(self, images: list[np.ndarray], bgr: bool = False) -> torch.Tensor:
+    def __call__(self, images: list[np.ndarray], bgr: bool = False, prepared=None) -> torch.Tensor:
         """(N, 3, crop_h, crop_w) RGB tensor of ``dtype`` on the device for RGB (or ``bgr``) uint8 images,
-        valid until the next call."""
+        valid until the next call. ``prepared`` is ignored (see ``prepare``)."""
         out = self._output(len(images))
         groups: dict[tuple[int, int], list[int]] = {}
         for i, image in enumerate(images):

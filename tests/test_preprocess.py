@@ -79,3 +79,31 @@ def test_device_path_keeps_batch_order_with_mixed_sizes():
     batch = pre(images).clone()
     for i, image in enumerate(images):
         assert torch.equal(pre([image])[0], batch[i])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_frames_prepared_on_another_thread_give_the_same_batch(dtype):
+    """Capture threads may resize and crop ahead; the batch must not change by a bit, with or without them."""
+    import threading
+
+    bgr = [np.ascontiguousarray(image[..., ::-1]) for image in _images(5)]
+    pre = BatchPreprocessor(PreprocessSpec(), CPU, dtype)
+    expected = pre(bgr, bgr=True).clone()
+    prepared: list = [None] * len(bgr)
+
+    def prepare_odd_ones():
+        for i in range(1, len(bgr), 2):
+            prepared[i] = pre.prepare(bgr[i])
+
+    worker = threading.Thread(target=prepare_odd_ones)
+    worker.start()
+    worker.join()
+    assert prepared[1].shape == (3, 224, 224) and prepared[0] is None
+    assert torch.equal(pre(bgr, bgr=True, prepared=prepared), expected)
+    # The prepared crop is what is used: a wrong one shows up in the batch.
+    prepared[1] = torch.zeros_like(prepared[1])
+    assert not torch.equal(pre(bgr, bgr=True, prepared=prepared)[1], expected[1])
+
+
+def test_the_device_path_prepares_nothing_ahead():
+    assert DeviceBatchPreprocessor(PreprocessSpec(), CPU).prepare is None

@@ -104,3 +104,48 @@ def test_a_live_cameras_reader_thread_inherits_its_decoding_class(priority, idle
         cam.stop()
         cam.join(5)
     assert {p == _IDLE for p in policies} == {idle}
+
+
+def _first_frames(cfg: CameraConfig, video, prepare, n: int = 2) -> list:
+    batcher = Batcher(batch_size=n, max_batch_wait_s=10, max_pending=4, live_reserve=0)
+    cam = FileCamera("cam", cfg, batcher, lambda status: None, str(video), prepare)
+    cam.start()
+    try:
+        return batcher.next_batch(timeout=10)
+    finally:
+        cam.stop()
+        batcher.close()
+        cam.join(5)
+
+
+@pytest.mark.skipif(_IDLE is None, reason="SCHED_IDLE is Linux's")
+@pytest.mark.parametrize("realtime, prepared", [(False, True), (True, False)])
+def test_an_idle_priority_camera_prepares_its_frames_for_the_model(tmp_path, tiny_clip_dir, realtime, prepared):
+    """The resize and crop move to the capture thread only where it decodes at idle priority, and the
+    embeddings of prepared frames are exactly those computed from the frames themselves."""
+    classifier = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32"))
+    video = make_video(tmp_path / "v.mp4", 6, size=(320, 240))
+    # A realtime file's newer frame replaces its pending one, so it is read one frame at a time.
+    n = 1 if realtime else 2
+    frames = _first_frames(CameraConfig(source=str(video), fps=10, realtime=realtime), video,
+                           classifier.prepare_image, n=n)
+    assert len(frames) == n
+    assert all((f.model_input is not None) is prepared for f in frames)
+    images = [f.image for f in frames]
+    torch.testing.assert_close(classifier.embed_images(images, bgr=True, prepared=[f.model_input for f in frames]),
+                               classifier.embed_images(images, bgr=True), rtol=0, atol=0)
+
+
+def test_a_failing_prepare_is_logged_once_and_the_frames_still_flow(tmp_path, caplog):
+    calls = []
+
+    def broken(image):
+        calls.append(1)
+        raise RuntimeError("no room")
+
+    video = make_video(tmp_path / "v.mp4", 6)
+    frames = _first_frames(CameraConfig(source=str(video), fps=10, realtime=False), video, broken, n=4)
+    assert len(frames) == 4 and all(f.model_input is None for f in frames)
+    if _IDLE is not None:
+        assert len(calls) == 1
+        assert sum("preparing frames for the model failed" in r.getMessage() for r in caplog.records) == 1

@@ -85,7 +85,7 @@ def test_pipeline_classifies_each_zone_as_its_own_image_in_one_batch(tiny_clip_d
     pipeline._classification_listeners = [seen.append]
     calls = []
     embed = classifier.embed_images
-    classifier.embed_images = lambda images, bgr: calls.append(len(images)) or embed(images, bgr)
+    classifier.embed_images = lambda images, bgr, prepared=None: calls.append(len(images)) or embed(images, bgr, prepared)
 
     image = pattern()
     image[:, :160] = (200, 30, 30)  # a different scene in each half
