@@ -198,9 +198,9 @@ def _enter_idle_priority(camera: str) -> bool:
     """Move the calling thread (and the threads it starts) to Linux's SCHED_IDLE class.
 
     Why: torch runs a batch on every core, split into equal parts that wait for each other. A
-    decoder that takes a core from one of them for a millisecond stalls the others for that
+    decoder that takes a core from one of them for a millisecond can stall the others for that
     millisecond too, and non-realtime files are decoded as fast as the model takes frames, so
-    their decoding always has work to do. At idle priority it runs only on CPU time nobody else
+    their decoding always has work to do (measured in README "Performance"). At idle priority it runs only on CPU time nobody else
     wants: gaps in the model's work, and between batches. A live camera keeps normal priority:
     its frames arrive at the camera's pace and are late if the reader waits (see
     ``CameraConfig.decode_priority``). Returns False where the platform has no SCHED_IDLE.
