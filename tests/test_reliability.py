@@ -362,8 +362,10 @@ def test_bad_sources_never_block_start_up_or_the_other_cameras(tmp_path, broker,
             "garbage": {"source": f"rtsp://127.0.0.1:{web}/cam", **live},
             "truncated": {"source": str(truncated), "fps": 5, "realtime": False},
             "noise": {"source": str(noise), "fps": 5},
-            # Every frame is older than 1 ms by the time its batch runs: counted as stale, never classified.
-            "stale": {"source": str(good), "fps": 5, "loop": True, "max_frame_age_s": 0.001},
+            # Every frame is older than 1 us by the time its batch runs (waking the inference thread alone
+            # takes longer): counted as stale, never classified. A 1 ms limit was not: a frame that filled
+            # the batch was now and then taken within 1 ms of its capture on CI.
+            "stale": {"source": str(good), "fps": 5, "loop": True, "max_frame_age_s": 1e-6},
         }
         daemon = start_daemon(base_config(tiny_clip_dir, broker, prefix, cameras, labels=one_label_per_frame()))
         expected = {
