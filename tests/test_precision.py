@@ -10,13 +10,15 @@ weights have and random ones do not: it stays opt-in.
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from streamclf.classifier import ClipClassifier, cpu_has_native_bf16, resolve_precision
+from streamclf.classifier import INT8_MIN_COSINE, ClipClassifier, cpu_has_native_bf16, resolve_precision
 from streamclf.config import ModelConfig
 
 BOUNDS = [("bf16", 0.999), ("fp16", 0.999), ("int8", 0.995)]
@@ -74,3 +76,41 @@ def test_auto_precision_choice(requested, device, native_bf16, expected, monkeyp
 def test_this_cpu_reports_its_bf16_support():
     flags = Path("/proc/cpuinfo").read_text(errors="ignore")
     assert cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_bf16" in flags)
+
+
+def test_int8_is_checked_against_fp32_on_the_weights_it_loads(tiny_clip_dir, tmp_path, caplog):
+    """The weights users load are not the tests' random ones: int8 measures itself at load and says so."""
+    from transformers import CLIPModel
+
+    caplog.set_level(logging.INFO, logger="streamclf.classifier")
+    clf = _classifier(tiny_clip_dir, "int8")
+    assert clf.int8_cosine >= INT8_MIN_COSINE
+    assert "precision int8: image embeddings within cosine" in caplog.text
+    assert _classifier(tiny_clip_dir, "fp32").int8_cosine is None
+
+    # One outlier weight per MLP, as trained models have: per-tensor int8 then rounds the rest of
+    # that layer to nothing, and the embeddings move far from fp32.
+    outliers = tmp_path / "outliers"
+    shutil.copytree(tiny_clip_dir, outliers)
+    model = CLIPModel.from_pretrained(outliers)
+    with torch.no_grad():
+        for layer in model.vision_model.encoder.layers:
+            layer.mlp.fc1.weight[0, 0] = 1000 * layer.mlp.fc1.weight.abs().max()
+    model.save_pretrained(outliers)
+    caplog.clear()
+    clf = _classifier(outliers, "int8")
+    assert clf.int8_cosine < INT8_MIN_COSINE
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "precision int8 changes this model's image embeddings" in warnings[0].getMessage()
+    assert "use precision auto or fp32" in warnings[0].getMessage()
+
+
+def test_auto_says_when_it_falls_back_to_fp32(tiny_clip_dir, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="streamclf.classifier")
+    monkeypatch.setattr("streamclf.classifier.cpu_has_native_bf16", lambda: False)
+    assert _classifier(tiny_clip_dir, "auto").precision == "fp32"
+    assert "precision auto is fp32 here: this CPU has no native bf16" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr("streamclf.classifier.cpu_has_native_bf16", lambda: True)
+    assert _classifier(tiny_clip_dir, "auto").precision == "bf16"
+    assert "precision auto is fp32" not in caplog.text
