@@ -65,11 +65,10 @@ def _model_alone(clf, pixels, batches: int) -> float:
 
 def one_run(clf, cfg_dict: dict, batches_alone: int) -> dict:
     import torch
+    import yaml
 
     from streamclf.config import parse_config
     from streamclf.pipeline import Pipeline
-
-    import yaml
 
     cfg = parse_config(yaml.safe_dump(cfg_dict))
     pixels = torch.randn(cfg.model.batch_size, 3, 224, 224).to(clf.model_dtype)
