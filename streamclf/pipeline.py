@@ -325,6 +325,9 @@ class Pipeline:
 
         self.batcher.set_max_frame_age(name, cam_cfg.effective_max_frame_age_s)
         # A zoned camera's frames are cut into zones before the model; only whole frames are prepared ahead.
+        # Decided when the camera starts: a reload that changes only zones keeps the camera running, and
+        # its frames are still scored right (model_input is used for whole frames only), at worst resized
+        # once more on the inference thread or once for nothing on the idle capture thread.
         prepare = None if cam_cfg.zones else self.classifier.prepare_image
         cam = make_camera(name, cam_cfg, self.batcher, on_status, self.base_dir, prepare)
         holder.append(cam)
