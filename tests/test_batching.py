@@ -37,10 +37,42 @@ def test_full_batch_is_returned_at_once():
 def test_partial_batch_waits_for_oldest_to_reach_max_wait():
     clock = FakeClock()
     b = Batcher(batch_size=8, max_batch_wait_s=0.05, clock=clock)
-    b.put(frame("a", 0), DropPolicy.WAIT)
+    b.put(frame("a", 0), DropPolicy.LATEST_PER_CAMERA)
     assert b.next_batch(timeout=0) == []
     clock.t += 0.051
     assert [f.frame_index for f in b.next_batch(timeout=0)] == [0]
+
+
+def test_a_batch_jobs_partial_batch_waits_longer_for_the_rest():
+    # Only WAIT frames (files read without pacing): latency is worth nothing, a full batch is.
+    clock = FakeClock()
+    b = Batcher(batch_size=8, max_batch_wait_s=0.05, clock=clock, wait_only_batch_wait_s=1.0)
+    b.put(frame("file", 0), DropPolicy.WAIT)
+    clock.t += 0.5
+    assert b.next_batch(timeout=0) == []
+    clock.t += 0.51  # but not for ever: the last frames of a file still go after 1 s
+    assert [f.frame_index for f in b.next_batch(timeout=0)] == [0]
+
+
+def test_a_live_frame_brings_back_the_short_wait():
+    clock = FakeClock()
+    b = Batcher(batch_size=8, max_batch_wait_s=0.05, clock=clock, wait_only_batch_wait_s=1.0)
+    b.put(frame("file", 0), DropPolicy.WAIT)
+    clock.t += 0.051
+    assert b.next_batch(timeout=0) == []
+    b.put(frame("live", 0), DropPolicy.LATEST_PER_CAMERA)
+    got = [(f.camera, f.frame_index) for f in b.next_batch(timeout=0)]
+    assert got == [("file", 0), ("live", 0)]
+
+
+def test_the_longer_wait_is_never_shorter_than_max_batch_wait():
+    clock = FakeClock()
+    b = Batcher(batch_size=8, max_batch_wait_s=2.0, clock=clock, wait_only_batch_wait_s=1.0)
+    b.put(frame("file", 0), DropPolicy.WAIT)
+    clock.t += 1.5
+    assert b.next_batch(timeout=0) == []
+    clock.t += 0.51
+    assert len(b.next_batch(timeout=0)) == 1
 
 
 def test_latest_per_camera_replaces_only_that_cameras_pending_frame():
@@ -133,8 +165,8 @@ def test_wait_policy_blocks_producer_until_room():
 def test_stale_frames_are_dropped_not_classified():
     clock = FakeClock()
     b = Batcher(batch_size=2, max_batch_wait_s=0, max_frame_age_s=1.0, clock=clock)
-    b.put(frame("a", 0, captured=clock.t - 5), DropPolicy.WAIT)
-    b.put(frame("a", 1, captured=clock.t), DropPolicy.WAIT)
+    b.put(frame("a", 0, captured=clock.t - 5), DropPolicy.DROP_OLDEST)  # a live camera's: files have no age limit
+    b.put(frame("a", 1, captured=clock.t), DropPolicy.DROP_OLDEST)
     assert [f.frame_index for f in b.next_batch(timeout=0)] == [1]
     assert b.drops[("a", "stale")] == 1
 

@@ -171,7 +171,7 @@ def test_max_frame_age_is_per_camera():
     b = Batcher(batch_size=8, max_batch_wait_s=0, clock=lambda: now[0],
                 max_frame_age_by_camera={"live": 1.0, "quiet": 30.0, "batch": None})
     for cam in ("live", "quiet", "batch"):
-        b.put(Frame(cam, IMG, 0, 0.0, 95.0), DropPolicy.WAIT)  # captured 5 s ago
+        b.put(Frame(cam, IMG, 0, 0.0, 95.0), DropPolicy.DROP_OLDEST)  # captured 5 s ago
     assert [f.camera for f in b.next_batch(timeout=0)] == ["quiet", "batch"]
     assert b.drop_counts() == {"live": {"stale": 1}}
 
