@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from streamclf import torch_threads
 from streamclf.config import ModelConfig
 from streamclf.image_tower import ImageTower, cpu_can_pack
 from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
@@ -269,10 +270,27 @@ class ClipClassifier:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.threads = cfg.threads or torch_threads.DEFAULT_THREADS
+        self._model_thread: int | None = None  # see reserve_model_thread
+        # Serialises model calls: label updates (control messages) may come from another thread.
+        self._lock = threading.Lock()
         # OpenCV's pool serves resize and colour conversion; its threads would compete with torch's.
         cv2.setNumThreads(cfg.opencv_threads)
+        # On a thread of its own, whose torch worker pool ends with it (streamclf/torch_threads.py).
+        spec, use_device = torch_threads.in_own_thread(self._load, "model-load")
+        log.info(
+            "model %s loaded on %s, precision %s, input %dx%d, preprocessing on the %s",
+            cfg.name, self.device, self.precision, spec.crop_width, spec.crop_height,
+            "device" if use_device else "host",
+        )
+        if cfg.precision == "auto" and self.precision == "fp32" and self.device.type == "cpu":
+            log.info("precision auto is fp32 here: this CPU has no native bf16. precision: int8 ran the model 1.6 "
+                     "times as fast on such a CPU (README, Performance) and is checked against fp32 when it loads")
+
+    def _load(self) -> tuple[PreprocessSpec, bool]:
+        """Load, convert and check the model (see ``__init__``); returns the preprocessing spec and where it runs."""
+        cfg = self.cfg
+        torch_threads.pin(self.threads)
         model, self.tokenizer, spec = _load_pretrained(cfg.name)
         model.eval()
         self.model = model.to(self.device)
@@ -296,16 +314,25 @@ class ClipClassifier:
         preprocessor = DeviceBatchPreprocessor if use_device else BatchPreprocessor
         self.preprocess = preprocessor(spec, self.device, model_dtype)
         self.logit_scale = float(self.model.logit_scale.exp().item())
-        # Serialises model calls: label updates (control messages) may come from another thread.
-        self._lock = threading.Lock()
-        log.info(
-            "model %s loaded on %s, precision %s, input %dx%d, preprocessing on the %s",
-            cfg.name, self.device, self.precision, spec.crop_width, spec.crop_height,
-            "device" if use_device else "host",
-        )
-        if cfg.precision == "auto" and self.precision == "fp32" and self.device.type == "cpu":
-            log.info("precision auto is fp32 here: this CPU has no native bf16. precision: int8 ran the model 1.6 "
-                     "times as fast on such a CPU (README, Performance) and is checked against fp32 when it loads")
+        return spec, use_device
+
+    def reserve_model_thread(self) -> None:
+        """From now on only the thread that calls ``become_model_thread`` runs torch with ``threads``.
+
+        Every other thread that calls in (label prompts encoded on the main or the control thread)
+        runs torch with one thread, so that the process keeps a single torch worker pool (why:
+        streamclf/torch_threads.py). The pipeline reserves before it encodes its labels.
+        """
+        self._model_thread = 0  # no thread has ident 0
+
+    def become_model_thread(self) -> None:
+        """The calling thread runs the model from now on, with ``threads`` threads."""
+        self._model_thread = threading.get_ident()
+        torch_threads.pin(self.threads)
+
+    def _pin_caller(self) -> None:
+        owner = self._model_thread
+        torch_threads.pin(self.threads if owner is None or owner == threading.get_ident() else 1)
 
     def _quantize_int8(self, spec: PreprocessSpec) -> None:
         """Quantise the image tower's Linear layers, then measure what that did to this model's embeddings.
@@ -343,6 +370,7 @@ class ClipClassifier:
     @torch.inference_mode()
     def encode_labels(self, prompts: Mapping[str, Sequence[str]]) -> LabelSet:
         """Embed each label's prompts: normalised mean of normalised prompt embeddings (fp32)."""
+        self._pin_caller()
         names = tuple(prompts)
         flat = [p for n in names for p in prompts[n]]
         tokens = self.tokenizer(flat, padding=True, truncation=True, return_tensors="pt").to(self.device)
@@ -373,6 +401,7 @@ class ClipClassifier:
         Images are RGB, or OpenCV's BGR with ``bgr=True`` (the pipeline's frames, as decoded).
         ``prepared[i]``, where not None, is ``prepare_image(images[i])``, computed earlier.
         """
+        self._pin_caller()
         with self._lock:  # the preprocessor's buffers are reused: one batch at a time
             return self._encode(self.preprocess(list(images), bgr=bgr, prepared=prepared))
 
@@ -382,6 +411,7 @@ class ClipClassifier:
 
         The model alone, without preprocessing: what the benchmark's model-only figure measures.
         """
+        self._pin_caller()
         with self._lock:
             return self._encode(pixels)
 

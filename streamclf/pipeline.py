@@ -57,6 +57,8 @@ class Pipeline:
             cfg.events.snapshots, lambda topic, jpeg: self.publisher.set_retained(topic, jpeg, qos=cfg.mqtt.qos), base_dir
         )
         self.alerts = AlertPublisher(self.publisher, cfg, self.snapshots)
+        # The inference thread alone runs torch with every core; the rest use one (streamclf/torch_threads.py).
+        classifier.reserve_model_thread()
         self.label_set: LabelSet = self._encode_labels(cfg)
         self.cameras: dict[str, Camera] = {}
         self.classified = 0
@@ -129,6 +131,7 @@ class Pipeline:
                         "(mqtt.max_queued_messages=%d): %s", now[1], self.cfg.mqtt.max_queued_messages, by_topic)
 
     def _inference_loop(self) -> None:
+        self.classifier.become_model_thread()
         while not self.stop_event.is_set():
             batch = self.batcher.next_batch(timeout=0.5)
             if not batch:

@@ -32,6 +32,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from streamclf import torch_threads
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:
@@ -164,8 +166,10 @@ class BatchPreprocessor:
         """The resize and crop of one image, (3, crop_h, crop_w) uint8 in its own channel order.
 
         Callable from any thread: the pipeline's idle-priority capture threads do this part
-        ahead of the batch, and ``__call__`` then only copies it into the staging batch.
+        ahead of the batch, and ``__call__`` then only copies it into the staging batch. It runs
+        with one torch thread, like every thread but the model's (streamclf/torch_threads.py).
         """
+        torch_threads.pin(1)
         return resize_and_crop(image, self.spec)
 
     @torch.inference_mode()

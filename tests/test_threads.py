@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -11,20 +14,94 @@ from streamclf.batching import Batcher
 from streamclf.capture import FileCamera, LiveCamera, open_capture
 from streamclf.classifier import ClipClassifier
 from streamclf.config import CameraConfig, ModelConfig
+from streamclf.torch_threads import DEFAULT_THREADS
 from tests.conftest import wait_until
 from tests.servers import make_video
 from tests.test_capture import CountingCapture
 
 
-def test_model_config_sets_torch_and_opencv_threads(tiny_clip_dir):
-    before = (torch.get_num_threads(), cv2.getNumThreads())
+def _on_thread(fn):
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+def _tasks() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_model_config_sets_the_model_threads_torch_threads_and_opencv_threads(tiny_clip_dir):
+    before = cv2.getNumThreads()
     try:
-        ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32", threads=1,
-                                   opencv_threads=1))
-        assert (torch.get_num_threads(), cv2.getNumThreads()) == (1, 1)
+        clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32", threads=1,
+                                         opencv_threads=1))
+        assert cv2.getNumThreads() == 1
+        assert clf.threads == 1
+        assert _on_thread(lambda: (clf.become_model_thread(), torch.get_num_threads())[1]) == 1
     finally:
-        torch.set_num_threads(before[0])
-        cv2.setNumThreads(before[1])
+        cv2.setNumThreads(before)
+    assert ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu")).threads == DEFAULT_THREADS
+
+
+def test_only_the_model_thread_runs_torch_with_more_than_one_thread(tiny_clip_dir):
+    clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32", threads=2))
+    clf.reserve_model_thread()  # what the pipeline does before it encodes its labels
+    assert (clf.encode_labels({"a": ["a cat"]}), torch.get_num_threads())[1] == 1  # the main thread: one
+    ready, finish, model_threads = threading.Event(), threading.Event(), []
+
+    def model_thread():  # stays alive meanwhile, as the inference thread does
+        clf.become_model_thread()
+        clf.embed_images([np.zeros((32, 32, 3), np.uint8)])
+        model_threads.append(torch.get_num_threads())
+        ready.set()
+        finish.wait(5)
+
+    t = threading.Thread(target=model_thread)
+    t.start()
+    try:
+        assert ready.wait(5) and model_threads == [2]
+        # Label prompts from another thread (the control thread) and a capture thread's resize: one thread.
+        assert _on_thread(lambda: (clf.encode_labels({"a": ["a cat"]}), torch.get_num_threads())[1]) == 1
+        frame = np.zeros((720, 1280, 3), np.uint8)
+        assert _on_thread(lambda: (clf.prepare_image(frame), torch.get_num_threads())[1]) == 1
+    finally:
+        finish.set()
+        t.join()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task") or DEFAULT_THREADS < 2, reason="counts Linux threads")
+def test_a_capture_threads_resize_starts_no_torch_worker_pool(tiny_clip_dir):
+    # Why it matters (streamclf/torch_threads.py): a second pool makes libgomp sleep at every barrier.
+    clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32", threads=2))
+    frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    go, done = threading.Event(), threading.Event()
+    counts = []
+
+    def capture_like(pin_first: bool):
+        if not pin_first:
+            torch.set_num_threads(2)  # as an unpinned thread would run it
+            torch.nn.functional.interpolate(torch.from_numpy(frame).permute(2, 0, 1)[None].float(),
+                                            size=(224, 398), mode="bilinear")
+        else:
+            clf.prepare_image(frame)
+        counts.append(_tasks())
+        go.set()
+        done.wait(5)
+
+    for pin_first in (False, True):
+        go.clear(), done.clear()
+        before = _tasks()
+        t = threading.Thread(target=capture_like, args=(pin_first,))
+        t.start()
+        go.wait(5)
+        counts.append(before)
+        done.set()
+        t.join()
+    unpinned_after, unpinned_before, pinned_after, pinned_before = counts
+    assert unpinned_after > unpinned_before + 1  # the check can see a pool: the thread plus its worker
+    assert pinned_after == pinned_before + 1  # the capture thread alone
 
 
 def test_decoder_threads_default_to_one_per_camera():
