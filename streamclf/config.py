@@ -104,7 +104,9 @@ class ModelConfig(_Model):
     )
     batch_size: int = Field(8, ge=1, le=1024, description="Frames per model call at most.")
     max_batch_wait_ms: float = Field(50, ge=0, description="Longest a frame waits for a batch to fill, ms.")
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores.")
+    threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads of the inference thread (the others use one); default: all cores."
+    )
     opencv_threads: int = Field(
         1, ge=1, description="OpenCV worker threads (colour conversion, gating thumbnails); 1 leaves the cores to torch."
     )
