@@ -103,7 +103,10 @@ class ModelConfig(_Model):
         "auto", description="Inference precision; auto picks the fastest that keeps embeddings within 0.999 cosine."
     )
     batch_size: int = Field(8, ge=1, le=1024, description="Frames per model call at most.")
-    max_batch_wait_ms: float = Field(50, ge=0, description="Longest a frame waits for a batch to fill, ms.")
+    max_batch_wait_ms: float = Field(
+        50, ge=0, description="Longest a frame waits for a batch to fill, ms; 1 s (or this, if longer) while only "
+        "frames of files read with realtime: false wait."
+    )
     threads: int | None = Field(
         None, ge=1, description="torch intra-op threads of the inference thread (the others use one); default: all cores."
     )
