@@ -43,11 +43,6 @@ def pin(n: int) -> None:
     _local.threads = n
 
 
-def pinned() -> int | None:
-    """The count ``pin`` set on the calling thread, or None."""
-    return getattr(_local, "threads", None)
-
-
 def in_own_thread(fn: Callable[[], T], name: str) -> T:
     """``fn()`` on a new thread that ends when it returns (and takes its OpenMP pool with it); its result or exception."""
     result: list = []
