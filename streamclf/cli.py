@@ -80,6 +80,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 2
+    except KeyboardInterrupt:
+        # The model loads on a thread of its own (streamclf/torch_threads.py), which Ctrl-C cannot
+        # stop; leave at once rather than finalise the interpreter under it.
+        log.info("interrupted while loading the model")
+        logging.shutdown()
+        os._exit(130)
     pipeline = Pipeline(cfg, classifier, base_dir=os.path.dirname(os.path.abspath(args.config)))
     service = Service(pipeline, os.path.abspath(args.config))
     _install_signal_handlers(pipeline.stop_event)
