@@ -25,6 +25,7 @@ import torch
 
 from streamclf import torch_threads
 from streamclf.config import ModelConfig
+from streamclf.cuda_graphs import GraphedEncoder
 from streamclf.image_tower import ImageTower, cpu_can_pack
 from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
@@ -263,6 +264,32 @@ def _packed_if_equal(tower: torch.nn.Module, batch_size: int) -> torch.nn.Module
     return packed
 
 
+def _graphed_if_equal(encode: Callable[[torch.Tensor], torch.Tensor], row_shape: tuple[int, int, int],
+                      dtype: torch.dtype, device: torch.device, batch_size: int) -> GraphedEncoder | None:
+    """``encode`` replayed as CUDA graphs (streamclf/cuda_graphs.py), if capturing works and computes the same.
+
+    An operator that cannot be captured on this torch build or GPU must cost speed, not
+    correctness or the daemon: then the eager forward is kept, with a warning. Three random
+    images go through both, which also checks the padding of a partly filled bucket.
+    """
+    example = torch.zeros((1, *row_shape), dtype=dtype, device=device)
+    try:
+        graphed = GraphedEncoder(encode, example, batch_size)
+        pixels = torch.randn((min(3, batch_size), *row_shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
+        with torch.inference_mode():
+            cosine = torch.nn.functional.cosine_similarity(graphed(pixels), encode(pixels), dim=-1).min().item()
+    except (RuntimeError, NotImplementedError) as exc:
+        log.warning("CUDA graphs: capture failed on %s (%s); running the model eagerly", device, _short(exc))
+        return None
+    if not cosine >= TOWER_MIN_COSINE:  # NaN included
+        log.warning("CUDA graphs: replay disagrees with the eager forward (cosine %.5f); running the model eagerly",
+                    cosine)
+        return None
+    log.info("CUDA graphs: captured for batch sizes %s in %.2f s", ",".join(map(str, graphed.buckets)),
+             graphed.capture_s)
+    return graphed
+
+
 class ClipClassifier:
     """CLIP image and text towers on one device, scoring frames against label sets."""
 
@@ -314,6 +341,10 @@ class ClipClassifier:
         preprocessor = DeviceBatchPreprocessor if use_device else BatchPreprocessor
         self.preprocess = preprocessor(spec, self.device, model_dtype)
         self.logit_scale = float(self.model.logit_scale.exp().item())
+        self._graphed: GraphedEncoder | None = None
+        if self.device.type == "cuda" and cfg.cuda_graphs:
+            row = (3, spec.crop_height, spec.crop_width)
+            self._graphed = _graphed_if_equal(self._encode_eager, row, model_dtype, self.device, cfg.batch_size)
         return spec, use_device
 
     def reserve_model_thread(self) -> None:
@@ -416,6 +447,11 @@ class ClipClassifier:
             return self._encode(pixels)
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self._graphed is not None:
+            return self._graphed(pixels)
+        return self._encode_eager(pixels)
+
+    def _encode_eager(self, pixels: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             emb = self.image_tower(pixels)
         return torch.nn.functional.normalize(emb.float(), dim=-1)

@@ -118,6 +118,11 @@ class ModelConfig(_Model):
         description="Where frames are resized and normalised: host (CPU) or device (uint8 frames to the GPU); "
         "auto: device on CUDA, host on the CPU.",
     )
+    cuda_graphs: bool = Field(
+        True,
+        description="On CUDA, replay the image model as CUDA graphs (one per batch size 1, 2, 4, .. batch_size), "
+        "which removes the per-kernel launch cost that bounds small batches; ignored on the CPU.",
+    )
 
     @field_validator("device")
     @classmethod

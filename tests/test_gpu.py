@@ -13,6 +13,7 @@ import torch
 
 from streamclf.classifier import ClipClassifier
 from streamclf.config import ModelConfig
+from streamclf.cuda_graphs import CapturedGraph, GraphedEncoder, graph_buckets
 from streamclf.image_tower import ImageTower
 from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
@@ -74,3 +75,83 @@ def test_auto_picks_fp16_and_device_preprocessing_on_cuda(tiny_clip_dir):
     labels = clf.encode_labels({"a": ["a cat"], "b": ["a dog"]})
     scores = clf.score(clf.embed_images(_frames(3)), labels, [["a", "b"]] * 3)
     assert all(abs(sum(s.values()) - 1) < 1e-4 for s in scores)
+
+
+# CUDA graphs (streamclf/cuda_graphs.py): bucket choice, padding and chunking are plain logic, checked
+# here on any machine with a stand-in for the capture; the real capture is checked on CUDA below.
+
+
+@pytest.mark.parametrize(
+    "batch_size, buckets",
+    [(1, (1,)), (2, (1, 2)), (8, (1, 2, 4, 8)), (12, (1, 2, 4, 8, 12)), (64, (1, 2, 4, 8, 16, 32, 64)), (0, ValueError)],
+)
+def test_graph_buckets(batch_size, buckets):
+    if buckets is ValueError:
+        with pytest.raises(ValueError, match="at least 1"):
+            graph_buckets(batch_size)
+    else:
+        assert graph_buckets(batch_size) == buckets
+
+
+class _EagerCapture(GraphedEncoder):
+    """GraphedEncoder whose "graph" recomputes ``encode`` on its static input: no CUDA needed."""
+
+    def _capture(self, n: int) -> CapturedGraph:
+        inputs = torch.zeros((n, *self._row_shape), dtype=self._dtype)
+        outputs = self._encode(inputs).clone()
+        self.captured.append(n)
+
+        def replay():
+            self.replays.append(n)
+            outputs.copy_(self._encode(inputs))
+
+        return CapturedGraph(replay, inputs, outputs)
+
+    def __init__(self, *args):
+        self.captured, self.replays = [], []
+        super().__init__(*args)
+
+
+@pytest.mark.parametrize("n, replays", [(1, [1]), (3, [4]), (8, [8]), (5, [8]), (11, [8, 4]), (20, [8, 8, 4])])
+def test_graphed_encoder_pads_to_the_smallest_bucket_and_chunks_larger_batches(n, replays):
+    weight = torch.randn(3 * 4 * 4, 5, generator=torch.Generator().manual_seed(1))
+
+    def encode(x):  # each row on its own, as the image tower is
+        return torch.nn.functional.normalize(x.flatten(1) @ weight, dim=-1)
+
+    graphed = _EagerCapture(encode, torch.zeros(1, 3, 4, 4), 8)
+    assert graphed.captured == [8, 4, 2, 1]  # largest first: smaller ones reuse the pool
+    first = torch.randn(8, 3, 4, 4)
+    graphed(first)  # leaves rows in every bucket of 8 that a smaller batch does not overwrite
+    graphed.replays.clear()
+    pixels = torch.randn(n, 3, 4, 4)
+    got = graphed(pixels)
+    assert graphed.replays == replays
+    assert torch.allclose(got, encode(pixels), atol=1e-6)
+    graphed(torch.randn(8, 3, 4, 4))
+    assert torch.allclose(got, encode(pixels), atol=1e-6), "a result must not change with the next replay"
+
+
+def test_cuda_graphs_are_not_used_on_the_cpu(tiny_clip_dir):
+    clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32", cuda_graphs=True))
+    assert clf._graphed is None
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_cuda_graphs_give_the_eager_embeddings_for_every_batch_size(tiny_clip_dir, precision, caplog):
+    frames = _frames(11)
+    eager = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cuda", precision=precision,
+                                       batch_size=8, cuda_graphs=False))
+    with caplog.at_level("INFO", logger="streamclf.classifier"):
+        graphed = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cuda", precision=precision,
+                                             batch_size=8, cuda_graphs=True))
+    assert eager._graphed is None
+    assert graphed._graphed is not None and graphed._graphed.buckets == (1, 2, 4, 8)
+    assert "CUDA graphs: captured for batch sizes 1,2,4,8" in caplog.text
+    for n in (1, 3, 8, 5, 11, 2):  # a partly filled bucket after a full one; 11 runs as 8 + 4
+        want = eager.embed_images(frames[:n])
+        got = graphed.embed_images(frames[:n])
+        assert got.shape == want.shape
+        cos = torch.nn.functional.cosine_similarity(got, want, dim=-1)
+        assert cos.min().item() >= 0.9999, (n, cos)
