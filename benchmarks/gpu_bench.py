@@ -4,12 +4,15 @@
     python benchmarks/gpu_bench.py --device cpu --quick # checks the script without a GPU
 
 (a) model only (ClipClassifier.embed_pixels on preprocessed random batches), fp16 and bf16, batch
-    sizes 1..256; for fp16 also replayed as a CUDA graph (one launch per batch instead of ~150);
+    sizes 1..256, eager; for fp16 also through the daemon's CUDA graphs (model.cuda_graphs: one
+    launch per batch instead of ~150);
 (a2) preprocessing + model from host uint8 frames (640x480 and 1280x720): the frames go to the
     device as uint8 through pinned buffers and are resized and normalised there;
 (b) the daemon's pipeline (capture threads -> batcher -> classifier -> decisions -> publisher)
     in-process on 16 synthetic looping camera files (8 at 640x480, 8 at 1280x720, every frame
-    sampled, realtime: false) for a fixed time; classified frames/s from the pipeline's counter.
+    sampled, realtime: false) for a fixed time, with CUDA graphs and without, preprocessing on the
+    device and on the host; then on 4 of them at batch 8, where launches weigh most; classified
+    frames/s from the pipeline's counter.
     No broker exists on the device machine, so the publisher queues to an unreachable one
     (bounded, oldest dropped): encoding and queueing each message is still paid.
 
@@ -57,7 +60,8 @@ def _time(fn, device, seconds: float, min_iters: int = 3) -> tuple[int, float]:
 
 def model_sweep(model_dir: Path, device: str, precisions: list[str], batch_sizes: list[int], seconds: float,
                 graphs: bool) -> list[dict]:
-    """(a) images/s of the image encoder alone per precision and batch size (and as a CUDA graph)."""
+    """(a) images/s of the image encoder alone per precision and batch size: eager, and for the first
+    precision also through the daemon's CUDA graphs (``model.cuda_graphs``, one graph per bucket)."""
     import torch
 
     from streamclf.classifier import ClipClassifier
@@ -65,43 +69,28 @@ def model_sweep(model_dir: Path, device: str, precisions: list[str], batch_sizes
 
     rows = []
     for precision in precisions:
-        clf = ClipClassifier(ModelConfig(name=str(model_dir), device=device, precision=precision))
-        for bs in batch_sizes:
-            pixels = torch.randn(bs, 3, 224, 224, device=clf.device).to(clf.model_dtype)
-            n, elapsed = _time(lambda: clf.embed_pixels(pixels), clf.device, seconds)
-            row = {"precision": clf.precision, "batch_size": bs, "images_per_s": n * bs / elapsed}
-            if graphs and clf.device.type == "cuda" and precision == precisions[0]:
-                row["graph_images_per_s"] = _graph_rate(clf, pixels, seconds)
-            rows.append(row)
-            print(f"  (a) {clf.precision} batch {bs}: {row['images_per_s']:.0f} images/s"
-                  + (f", CUDA graph {row['graph_images_per_s']:.0f}" if row.get("graph_images_per_s") else ""),
-                  flush=True)
-        del clf
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        variants = [False, True] if graphs and device != "cpu" and precision == precisions[0] else [False]
+        for cuda_graphs in variants:
+            clf = ClipClassifier(ModelConfig(name=str(model_dir), device=device, precision=precision,
+                                             batch_size=max(batch_sizes), cuda_graphs=cuda_graphs))
+            if cuda_graphs and clf._graphed is None:
+                print("  (a) CUDA graphs were not captured (see the log above)", flush=True)
+                continue
+            for bs in batch_sizes:
+                pixels = torch.randn(bs, 3, 224, 224, device=clf.device).to(clf.model_dtype)
+                n, elapsed = _time(lambda: clf.embed_pixels(pixels), clf.device, seconds)
+                rate = n * bs / elapsed
+                if cuda_graphs:
+                    row = next(r for r in rows if r["precision"] == clf.precision and r["batch_size"] == bs)
+                    row["graph_images_per_s"] = rate
+                else:
+                    rows.append({"precision": clf.precision, "batch_size": bs, "images_per_s": rate})
+                print(f"  (a) {clf.precision}{' CUDA graphs' if cuda_graphs else ''} batch {bs}: {rate:.0f} images/s",
+                      flush=True)
+            del clf
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return rows
-
-
-def _graph_rate(clf, pixels, seconds: float) -> float | None:
-    """The same forward pass captured once as a CUDA graph and replayed: launch overhead removed."""
-    import torch
-
-    try:
-        static_in = pixels.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(3):
-                clf._encode(static_in)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.inference_mode():
-            clf._encode(static_in)
-        n, elapsed = _time(graph.replay, clf.device, seconds)
-        return n * pixels.shape[0] / elapsed
-    except Exception as exc:  # optional figure: report, do not fail the run
-        print(f"  (a) CUDA graph capture failed: {type(exc).__name__}: {exc}", flush=True)
-        return None
 
 
 def preprocess_sweep(model_dir: Path, device: str, precision: str, batch_sizes: list[int], seconds: float) -> list[dict]:
@@ -129,7 +118,7 @@ def preprocess_sweep(model_dir: Path, device: str, precision: str, batch_sizes: 
 
 
 def pipeline_streams(model_dir: Path, videos: list[Path], device: str, precision: str, batch_size: int,
-                     preprocess: str, seconds: float) -> dict:
+                     preprocess: str, cuda_graphs: bool, seconds: float) -> dict:
     """(b) The daemon's Pipeline in-process on looping files for ``seconds``; classified frames/s."""
     from streamclf.classifier import ClipClassifier
     from streamclf.config import Config
@@ -140,7 +129,7 @@ def pipeline_streams(model_dir: Path, videos: list[Path], device: str, precision
     cfg = Config.model_validate({
         "mqtt": {"host": "127.0.0.1", "port": 9, "max_queued_messages": 10000},  # nothing listens: see docstring
         "model": {"name": str(model_dir), "device": device, "precision": precision, "batch_size": batch_size,
-                  "max_batch_wait_ms": 20, "preprocess": preprocess},
+                  "max_batch_wait_ms": 20, "preprocess": preprocess, "cuda_graphs": cuda_graphs},
         "labels": labels,
         "cameras": {f"cam{k}": {"source": str(v), "fps": 10, "realtime": False, "loop": True}
                     for k, v in enumerate(videos)},
@@ -170,7 +159,7 @@ def pipeline_streams(model_dir: Path, videos: list[Path], device: str, precision
     runner.join(10)
     return {"streams": len(videos), "frames_per_s": (c1 - c0) / (t1 - t0), "seconds": t1 - t0,
             "batch_size": batch_size, "precision": pipeline.classifier.precision, "preprocess": preprocess,
-            "frames_decoded_total": decoded}
+            "cuda_graphs": pipeline.classifier._graphed is not None, "frames_decoded_total": decoded}
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -191,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0, help="timing per (a) point")
     p.add_argument("--streams", type=int, default=16)
     p.add_argument("--stream-batch-size", type=int, default=64)
-    p.add_argument("--stream-seconds", type=float, default=15)
+    p.add_argument("--stream-seconds", type=float, default=12)
+    p.add_argument("--few-streams", type=int, default=4, help="(b) also with this many streams ...")
+    p.add_argument("--few-batch-size", type=int, default=8, help="... at this batch size")
     p.add_argument("--frames", type=int, default=200, help="frames per synthetic file (they loop)")
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "streamclf-bench")
@@ -200,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.batch_sizes, args.seconds, args.streams, args.stream_seconds, args.frames = "1,4", 0.2, 2, 3, 20
-        args.stream_batch_size = 4
+        args.stream_batch_size, args.few_streams, args.few_batch_size = 4, 1, 2
     out_dir = os.environ.get("OUT")
     out = args.out or (Path(out_dir) / "gpu_bench.json" if out_dir else Path("benchmarks/results/gpu.json"))
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -225,11 +216,21 @@ def main(argv: list[str] | None = None) -> int:
             a2 = []
         videos = videos_future.result()
     b = []
-    for preprocess in ("device", "host"):
-        print(f"(b) pipeline, {len(videos)} streams, preprocessing on the {preprocess} ...", flush=True)
+    few = max(1, min(args.few_streams, len(videos)))
+    scenarios = [  # (streams, batch size, preprocessing, CUDA graphs)
+        (len(videos), args.stream_batch_size, "device", True),
+        (len(videos), args.stream_batch_size, "device", False),
+        (len(videos), args.stream_batch_size, "host", True),
+        (few, args.few_batch_size, "device", True),
+        (few, args.few_batch_size, "device", False),
+    ]
+    for streams, batch_size, preprocess, cuda_graphs in scenarios:
+        print(f"(b) pipeline, {streams} streams, batch {batch_size}, preprocessing on the {preprocess}, "
+              f"CUDA graphs {'on' if cuda_graphs else 'off'} ...", flush=True)
         try:
-            b.append(pipeline_streams(model_dir, videos, args.device, precisions[0], args.stream_batch_size,
-                                      preprocess, args.stream_seconds))
+            # The files alternate 640x480 and 1280x720, so the first few are half of each too.
+            b.append(pipeline_streams(model_dir, videos[:streams], args.device, precisions[0], batch_size, preprocess,
+                                      cuda_graphs, args.stream_seconds))
             print(f"    {b[-1]['frames_per_s']:.0f} frames/s", flush=True)
         except Exception as exc:
             print(f"  (b) failed: {type(exc).__name__}: {exc}", flush=True)
@@ -256,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['preprocess_only_images_per_s']:.0f}"] for r in a2]
     print(_table(rows))
     print()
-    rows = [["(b) daemon pipeline", "streams", "batch", "frames/s"]]
-    rows += [[f"{r['precision']}, preprocessing on {r['preprocess']}", str(r["streams"]), str(r["batch_size"]),
-              f"{r['frames_per_s']:.0f}"] for r in b]
+    rows = [["(b) daemon pipeline", "CUDA graphs", "streams", "batch", "frames/s"]]
+    rows += [[f"{r['precision']}, preprocessing on {r['preprocess']}", "on" if r["cuda_graphs"] else "off",
+              str(r["streams"]), str(r["batch_size"]), f"{r['frames_per_s']:.0f}"] for r in b]
     print(_table(rows))
     print(f"JSON: {out}")
     return 0
