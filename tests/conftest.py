@@ -19,6 +19,10 @@ from tests.tiny_clip import build_tiny_clip
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The device the daemon tests run the model on: the CPU, as in CI; scripts/gpu_check.sh runs the
+# end-to-end tests again with STREAMCLF_TEST_DEVICE=cuda on a lent GPU.
+TEST_DEVICE = os.environ.get("STREAMCLF_TEST_DEVICE", "cpu")
+
 needs_rtsp = pytest.mark.skipif(
     not have_rtsp(),
     reason="needs /usr/bin/python3 with gi + GstRtspServer (scripts/test.sh installs them with apt)",
@@ -73,7 +77,8 @@ def base_config(model_dir: Path, broker, prefix: str, cameras: dict, labels: dic
     """A config dict for the tiny model and the test broker; ``sections`` override/add top-level keys."""
     cfg = {
         "mqtt": {"host": broker.host, "port": broker.port, "topic_prefix": prefix, "qos": 1},
-        "model": {"name": str(model_dir), "device": "cpu", "precision": "fp32", "batch_size": 4, "max_batch_wait_ms": 20},
+        "model": {"name": str(model_dir), "device": TEST_DEVICE, "precision": "fp32", "batch_size": 4,
+                  "max_batch_wait_ms": 20},
         "labels": labels
         or {
             "red_thing": {"prompts": ["a red object"], "threshold": 0.0},

@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-from tests.conftest import base_config, needs_rtsp
+from tests.conftest import TEST_DEVICE, base_config, needs_rtsp
 from tests.servers import RtspServer, make_video, read_retained
 
 pytestmark = pytest.mark.slow
@@ -82,6 +82,8 @@ def test_file_only_run_ends_by_itself_and_marks_everything_offline(tmp_path, bro
                "b": {"source": str(video), "fps": 2, "realtime": True}}
     daemon = start_daemon(base_config(tiny_clip_dir, broker, prefix, cameras))
     assert daemon.wait(60) == 0, daemon.output
+    assert f"loaded on {TEST_DEVICE}," in daemon.output  # scripts/gpu_check.sh runs this on CUDA too
+    assert ("CUDA graphs: captured" in daemon.output) == TEST_DEVICE.startswith("cuda")
     # Every sampled frame of the non-realtime camera arrives: nothing dropped, all flushed before exit.
     collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/a/detection")) >= 60, timeout=10)
     assert sorted({d["frame_index"] for d in collector.json_messages(f"{prefix}/a/detection")}) == list(range(30))
