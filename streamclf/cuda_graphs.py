@@ -20,6 +20,7 @@ is copied out before the next replay.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -73,7 +74,7 @@ class GraphedEncoder:
         CUDA requires, so cuBLAS and attention pick and load their kernels outside the capture."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        with torch.inference_mode():
+        with torch.inference_mode(), self._on_device():
             inputs = torch.zeros((n, *self._row_shape), dtype=self._dtype, device=self._device)
             side = torch.cuda.Stream(self._device)
             side.wait_stream(torch.cuda.current_stream(self._device))
@@ -98,6 +99,12 @@ class GraphedEncoder:
         if n > largest:
             return torch.cat([self(pixels[i : i + largest]) for i in range(0, n, largest)])
         graph = self._graphs[self.bucket_for(n)]
-        graph.inputs[:n].copy_(pixels)
-        graph.replay()
-        return graph.outputs[:n].clone()
+        with self._on_device():
+            graph.inputs[:n].copy_(pixels)
+            graph.replay()
+            return graph.outputs[:n].clone()
+
+    def _on_device(self):
+        """Make the model's GPU the current one: a graph is captured and replayed on the current
+        device's stream, which for ``model.device: cuda:1`` is not the model's unless set."""
+        return torch.cuda.device(self._device) if self._device.type == "cuda" else contextlib.nullcontext()
