@@ -15,7 +15,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 "$PY" -m pytest -q -W default -p no:cacheprovider tests/test_gpu.py tests/test_precision.py 2>&1 | tee "$OUT/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 # `streamclf run` as a subprocess on CUDA with a real broker: the end-to-end tests again, on the GPU.
-# A machine without apt may bring mosquitto and its libraries in .mosq/bin (wrappers) and .mosq/lib.
+# A machine without apt may bring mosquitto and its libraries in .mosq/bin (wrappers) and .mosq/lib
+# (ignored by git; carried to the device). Made on a Debian machine with mosquitto installed: copy
+# /usr/sbin/mosquitto and /usr/bin/mosquitto_passwd to .mosq/lib/NAME.real, with every library `ldd`
+# lists for them except glibc's (libc, libm, libresolv, ld-linux); .mosq/bin/NAME is a shell wrapper
+# that runs .mosq/lib/NAME.real with LD_LIBRARY_PATH=.mosq/lib, so only the broker sees those libraries.
 [ -d .mosq/bin ] && PATH="$PWD/.mosq/bin:$PATH"
 if command -v mosquitto >/dev/null 2>&1; then
   STREAMCLF_TEST_DEVICE=cuda "$PY" -m pytest -q -W default -p no:cacheprovider tests/test_end_to_end.py \
