@@ -316,38 +316,57 @@ class AlertDecider:
                 state = self._states.get(key)
                 if state is None:
                     state = self._states[key] = _LabelState()
-                self._step(key, state, rules, score, now, c, changes, events)
+                change, event = self._advance(key, state, rules, score, now, c)
+                if change is not None:
+                    changes.append(change)
+                if event is not None:
+                    events.append(event)
             return Decisions(tuple(detections), tuple(changes), tuple(events))
 
-    def _step(self, key: Key, st: _LabelState, r: AlertRules, score: float, now: float,
-              c: Classification, changes: list, events: list) -> None:
+    def _advance(self, key: Key, state: _LabelState, rules: AlertRules, score: float, now: float,
+                 classification: Classification) -> tuple[StateChange | None, Event | None]:
+        """Feed one score (0..1) at ``now`` (seconds) to one label's state machine.
+
+        Returns the state change and the event this frame causes; either may be None.
+        """
+        state.last_score = score
+        if state.on:
+            return self._advance_while_on(key, state, rules, score, now, classification)
+        return self._advance_while_off(key, state, rules, score, now, classification)
+
+    def _advance_while_off(self, key: Key, state: _LabelState, rules: AlertRules, score: float, now: float,
+                           classification: Classification) -> tuple[StateChange | None, Event | None]:
+        """OFF: count frames in a row at or above threshold; turn ON, with a start event, once there
+        are ``min_consecutive`` of them and the cooldown since the previous start has passed."""
+        above = score >= rules.threshold
+        state.consecutive = state.consecutive + 1 if above else 0
+        cooled_down = state.last_start is None or now - state.last_start >= rules.cooldown_s
+        if not (above and state.consecutive >= rules.min_consecutive and cooled_down):
+            return None, None
+        state.on, state.below_since = True, None
+        state.event_id = self._new_event_id(now)
+        state.start_time = state.last_start = state.last_event_time = now
+        state.top_score = score
         camera, zone, label = key
-        above = score >= r.threshold
-        st.last_score = score
-        if not st.on:
-            st.consecutive = st.consecutive + 1 if above else 0
-            cooled = st.last_start is None or now - st.last_start >= r.cooldown_s
-            if above and st.consecutive >= r.min_consecutive and cooled:
-                st.on, st.below_since = True, None
-                st.event_id = self._new_event_id(now)
-                st.start_time = st.last_start = st.last_event_time = now
-                st.top_score = score
-                changes.append(StateChange(camera, zone, label, True, now))
-                events.append(self._event(EventType.START, key, st, None, c))
-            return
-        if above:
-            st.below_since = None
-            st.top_score = max(st.top_score, score)
+        return StateChange(camera, zone, label, True, now), self._event(EventType.START, key, state, None, classification)
+
+    def _advance_while_on(self, key: Key, state: _LabelState, rules: AlertRules, score: float, now: float,
+                          classification: Classification) -> tuple[StateChange | None, Event | None]:
+        """ON: turn OFF, with an end event, once the score has stayed below threshold for ``off_delay_s``;
+        otherwise send an update event at most every ``event_update_interval_s``."""
+        if score >= rules.threshold:
+            state.below_since = None
+            state.top_score = max(state.top_score, score)
         else:
-            if st.below_since is None:
-                st.below_since = now
-            if now - st.below_since >= r.off_delay_s:
-                changes.append(StateChange(camera, zone, label, False, now))
-                events.append(self._end(key, st, now, c))
-                return
-        if now - st.last_event_time >= self._update_interval_s:
-            st.last_event_time = now
-            events.append(self._event(EventType.UPDATE, key, st, None, c))
+            if state.below_since is None:
+                state.below_since = now
+            if now - state.below_since >= rules.off_delay_s:
+                camera, zone, label = key
+                return StateChange(camera, zone, label, False, now), self._end(key, state, now, classification)
+        if now - state.last_event_time < self._update_interval_s:
+            return None, None
+        state.last_event_time = now
+        return None, self._event(EventType.UPDATE, key, state, None, classification)
 
     # -- helpers ---------------------------------------------------------------------
 
