@@ -51,9 +51,9 @@ class Batcher:
     When only WAIT frames wait, a partial batch waits up to ``wait_only_batch_wait_s`` for the
     rest instead of ``max_batch_wait_s``: those frames are a batch job's, where latency is worth
     nothing and a partial batch costs the model nearly a full one. Their capture threads decode at
-    idle priority, so frames arrive in a burst after each batch rather than during it; with the
-    live cameras' 50 ms the batch that follows was often cut short (measured: 90 batches instead
-    of 75 for 600 frames, README "Performance"). A live frame in the queue brings back its limit.
+    idle priority, so frames arrive in a burst after each batch rather than during it, and the live
+    cameras' short limit would cut the next batch off before the burst is in. A live frame in the
+    queue brings back its limit.
     """
 
     def __init__(

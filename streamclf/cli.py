@@ -50,15 +50,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM asks for a clean stop; a second SIGINT exits at once."""
+    """First SIGINT/SIGTERM asks for a clean stop; a second SIGINT exits at once.
+
+    The handler does no more than record the signal and set ``stop``: Python runs it in the main
+    thread between two bytecodes, possibly in the middle of a logging call, so the log line is
+    written by a small thread that waits for ``stop``, not by the handler.
+    """
+    received: list[str] = []
 
     def on_signal(signum, frame):
         if stop.is_set() and signum == signal.SIGINT:
-            os.write(2, b"second SIGINT: exiting at once\n")  # no logging here: its locks are not signal-safe
+            # The way out when a clean stop hangs must not wait on anything: one raw write, not
+            # logging, whose lock a thread stuck writing to a blocked stderr may hold.
+            os.write(2, b"second SIGINT: exiting at once\n")
             os._exit(130)
-        log.info("received %s; shutting down", signal.Signals(signum).name)
+        received.append(signal.Signals(signum).name)
         stop.set()
 
+    def log_stop_request() -> None:
+        stop.wait()
+        if received:  # not when the pipeline stopped by itself (every file camera ended)
+            log.info("received %s; shutting down", received[0])
+
+    threading.Thread(target=log_stop_request, name="signal-log", daemon=True).start()
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 

@@ -82,7 +82,7 @@ class Detection:
     def payload(self, timestamp: float) -> dict:
         """The JSON body published on ``<prefix>/<camera>/detection``; ``timestamp`` is epoch seconds.
 
-        ``zone`` is present only for zones, so whole-frame payloads keep their original shape.
+        ``zone`` is present only for zones: a whole-frame payload has no ``zone`` key at all.
         """
         c = self.classification
         body = {
