@@ -300,7 +300,8 @@ ct systemctl daemon-reload
 ct install -m 0644 /mnt/streamclf-src/systemd/mqtt-password.conf "$UNIT_DIR/"
 ct systemctl daemon-reload
 ct systemctl restart streamclf >/dev/null 2>&1
-log=$(journal -n 50)
+# Not `-u streamclf`: systemd 254 does not file the half-started process's lines under the unit.
+log=$(ct journalctl -b --no-pager -n 300 | grep 'streamclf.service')
 if grep -q 'Failed to set up credentials: Protocol error' <<<"$log" && grep -q 'status=243/CREDENTIALS' <<<"$log"; then
   pass "password drop-in without /etc/streamclf/mqtt_password: fails with 'Failed to set up credentials: Protocol error', status=243/CREDENTIALS"
 else
