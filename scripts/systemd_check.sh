@@ -5,7 +5,7 @@
 # password drop-in, stop and `systemd-analyze security`. One PASS:/FAIL: line per check; exit 1 on any FAIL.
 #
 # On demand, not in scripts/test.sh or CI: it needs root, debootstrap, systemd-nspawn (package
-# systemd-container), about 1.5 GB under $CACHE and a few minutes (the first run longer: it
+# systemd-container), about 2 GB under $CACHE (twice that with SYSTEMD_BACKPORTS=1 too) and a few minutes (the first run longer: it
 # debootstraps the rootfs and installs torch into it; later runs reuse both).
 #
 #   sudo scripts/systemd_check.sh
