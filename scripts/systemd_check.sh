@@ -5,8 +5,9 @@
 # password drop-in, stop and `systemd-analyze security`. One PASS:/FAIL: line per check; exit 1 on any FAIL.
 #
 # On demand, not in scripts/test.sh or CI: it needs root, debootstrap, systemd-nspawn (package
-# systemd-container), about 2 GB under $CACHE (twice that with SYSTEMD_BACKPORTS=1 too) and a few minutes (the first run longer: it
-# debootstraps the rootfs and installs torch into it; later runs reuse both).
+# systemd-container), about 2 GB under $CACHE (twice that with SYSTEMD_BACKPORTS=1 as well) and a few
+# minutes; the first run takes longer: it debootstraps the rootfs and installs torch into it, and
+# later runs reuse both. Webcam and GPU device rules cannot be exercised in the container.
 #
 #   sudo scripts/systemd_check.sh
 #
