@@ -1,9 +1,8 @@
 """Logging set-up: plain or JSON lines, with stream credentials redacted everywhere.
 
 Camera URLs carry passwords (``rtsp://user:pass@host``, ``http://cam/snap.cgi?user=u&pwd=p``).
-Rather than trusting every
-call site to remember, a filter on the root handler rewrites each record's final
-message, so a URL that reaches a log line through an exception text is redacted too.
+Rather than trusting every call site to remember, a filter on the root handler rewrites each
+record's final message, so a URL that reaches a log line through an exception text is redacted too.
 """
 
 from __future__ import annotations
