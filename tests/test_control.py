@@ -138,7 +138,7 @@ def test_initial_state_is_published_from_the_config(control):
         ("labels/set", b'{"dog": {}, "cat": {}}', "cameras.back.labels: unknown label(s) ['car', 'empty']"),
         ("labels/set", b'{"car": {}, "empty": {}}', None),
         ("labels/set", b'{"car": {}}', "needs at least two labels"),
-        ("labels/set", b'{"bad/name": {}, "car": {}, "empty": {}}', "must be letters"),
+        ("labels/set", b'{"bad/name": {}, "car": {}, "empty": {}}', "1 to 64 letters"),
         ("labels/set", b'{}', "must name at least one entry"),
         ("labels/set", b'{"car": {"prompts": ["' + b"x" * 70000 + b'"]}}', "payload too large"),
         # Names are whole topic levels: "$" of a pattern must not match before a trailing newline.
