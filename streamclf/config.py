@@ -20,9 +20,11 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AbstractSet, Annotated, Any, Iterable, Literal, Mapping, NamedTuple, Union
+from typing import Annotated, Any, Literal, NamedTuple, Union
 from urllib.parse import urlsplit
 
 import yaml
@@ -126,7 +128,7 @@ def _check_host(value: str) -> None:
         return
     except ValueError:
         pass
-    labels = (value[:-1] if value.endswith(".") else value).split(".")
+    labels = value.removesuffix(".").split(".")
     if len(value) > 253 or not all(_HOST_LABEL.fullmatch(x) for x in labels) or all(x.isdigit() for x in labels):
         raise ValueError("must be a host name or IP address, without scheme, port or spaces")
 
