@@ -216,7 +216,9 @@ class MqttConfig(_Model):
     @field_validator("password_credential")
     @classmethod
     def _credential_name(cls, v: str | None) -> str | None:
-        if v is not None and (not v or "/" in v or v in (".", "..") or _CONTROL_CHARACTERS.search(v) or len(v) > 255):
+        if v is None:
+            return v
+        if not v or "/" in v or v in (".", "..") or _CONTROL_CHARACTERS.search(v) or len(v) > 255:
             raise ValueError("must be a credential name (a file name, no '/')")
         return v
 
@@ -255,7 +257,7 @@ class MqttConfig(_Model):
                 f"credential {self.password_credential!r} cannot be read from {path}: {why} "
                 f"(is LoadCredential={self.password_credential}:... in the unit?)"
             ) from None
-        if len(password.encode("utf-8", errors="surrogatepass")) > MAX_MQTT_STRING_BYTES:
+        if len(password.encode("utf-8")) > MAX_MQTT_STRING_BYTES:
             raise ValueError(f"credential {self.password_credential!r} holds more than {MAX_MQTT_STRING_BYTES} bytes, "
                              "MQTT's limit for a password")
         return password
@@ -353,7 +355,9 @@ class LabelOverride(_Model):
     min_consecutive: int | None = Field(
         None, ge=1, le=1000, description="Frames in a row at or above threshold to turn ON."
     )
-    off_delay_s: float | None = Field(None, ge=0, le=86_400, description="Seconds (0..86400) below threshold before OFF.")
+    off_delay_s: float | None = Field(
+        None, ge=0, le=86_400, description="Seconds (0..86400) below threshold before OFF."
+    )
     cooldown_s: float | None = Field(None, ge=0, le=86_400, description="Least seconds (0..86400) between two starts.")
 
 
@@ -601,7 +605,8 @@ class HomeAssistantConfig(_Model):
 class MetricsConfig(_Model):
     enabled: bool = Field(False, description="Serve Prometheus metrics and /healthz over HTTP.")
     host: str = Field(
-        "127.0.0.1", description="Address (or host name) the metrics server listens on; 0.0.0.0 or :: for every interface."
+        "127.0.0.1",
+        description="Address (or host name) the metrics server listens on; 0.0.0.0 or :: for every interface.",
     )
     port: int = Field(9108, ge=1, le=65535, description="TCP port of the metrics server.")
 
@@ -693,13 +698,16 @@ def _cross_section_problems(labels: list[str], cameras: Mapping[str, _CameraRefs
     for cam_name, cam in cameras.items():
         names = list(cam.labels) if cam.labels is not None else list(labels)
         unknown = [n for n in names if n not in known]
+        where = ("cameras", cam_name, "labels")
         if unknown:
-            problems.append((("cameras", cam_name, "labels"), f"unknown label(s) {unknown}; known labels: {sorted(known)}"))
+            problems.append((where, f"unknown label(s) {unknown}; known labels: {sorted(known)}"))
         elif len(names) < 2:
-            problems.append((("cameras", cam_name, "labels"), "needs at least two labels: scores are a softmax over them"))
+            problems.append((where, "needs at least two labels: scores are a softmax over them"))
         for label in cam.overrides:
             if label not in names:
-                problems.append((("cameras", cam_name, "label_overrides", label), f"not a label of this camera: {names}"))
+                problems.append(
+                    (("cameras", cam_name, "label_overrides", label), f"not a label of this camera: {names}")
+                )
         for zone in cam.zones:
             if zone in known or zone in RESERVED_TOPIC_NAMES:
                 problems.append(
@@ -715,7 +723,7 @@ def _cross_section_problems(labels: list[str], cameras: Mapping[str, _CameraRefs
 
 def _raw_cross_section_problems(data: Any) -> list[tuple[tuple, str]]:
     """The cross-section rules on unvalidated data, skipping whatever is too malformed to read."""
-    if not isinstance(data, dict) or not isinstance(data.get("labels"), dict) or not isinstance(data.get("cameras"), dict):
+    if not (isinstance(data, dict) and isinstance(data.get("labels"), dict) and isinstance(data.get("cameras"), dict)):
         return []
     cameras = {}
     for name, cam in data["cameras"].items():
