@@ -158,7 +158,8 @@ class MqttConfig(_Model):
     )
     username: str | None = Field(None, description="Broker user name.")
     password: str | None = Field(
-        None, description="Broker password (text; quote digits in YAML); use ${MQTT_PASSWORD}, not a literal."
+        None, repr=False,
+        description="Broker password (text; quote digits in YAML); use ${MQTT_PASSWORD}, not a literal.",
     )
     password_credential: str | None = Field(
         None,

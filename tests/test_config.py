@@ -217,3 +217,10 @@ def test_a_duplicate_key_is_an_error():
         parse_config("labels:\n  a: {}\n  b: {}\n  a: {threshold: 0.2}\ncameras: {c: {source: c.mp4}}\n")
     [problem] = info.value.problems
     assert (problem.path, problem.line) == ("labels.a", 4) and "more than once" in problem.message
+
+
+def test_the_password_is_not_in_the_config_repr():
+    """A config object that reaches a log line or an exception text does not carry the password with it."""
+    cfg = parse_config(f"mqtt: {{password: '{SECRET}'}}\nlabels: {{a: {{}}, b: {{}}}}\ncameras: {{c: {{source: 0}}}}\n")
+    assert cfg.mqtt.password == SECRET
+    assert SECRET not in repr(cfg) and SECRET not in str(cfg.mqtt)
