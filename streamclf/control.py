@@ -26,7 +26,7 @@ from typing import Annotated, Callable, Literal, Mapping, Protocol
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from streamclf.config import Config, LabelConfig
+from streamclf.config import Config, ConfigError, LabelConfig, format_problems, validate_config
 from streamclf.publisher import MqttPublisher
 from streamclf.retained import OwnedRetainedTopics
 
@@ -76,15 +76,6 @@ def _text(payload: bytes) -> str:
         raise ControlError("payload is not UTF-8 text") from None
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
-
-
 def config_with_labels(cfg: Config, payload: bytes) -> Config:
     """``cfg`` with its ``labels:`` section replaced by the JSON ``payload``, validated like the config file."""
     if len(payload) > MAX_LABELS_PAYLOAD_BYTES:
@@ -96,11 +87,12 @@ def config_with_labels(cfg: Config, payload: bytes) -> Config:
     if not isinstance(labels, dict):
         raise ControlError("expected a JSON object mapping label names to label settings, like the config's labels:")
     try:
-        # Everything is validated again, cross-section rules included: a camera that names a label the new
-        # set lacks, or that would be left with fewer than two labels, rejects the whole change.
-        return Config.model_validate({**cfg.model_dump(), "labels": labels})
-    except ValidationError as exc:
-        raise ControlError(_validation_message(exc)) from None
+        # Everything is validated again, by the config file's rules (names, counts, ranges) and
+        # cross-section rules included: a camera that names a label the new set lacks, or that would
+        # be left with fewer than two labels, rejects the whole change.
+        return validate_config({**cfg.model_dump(), "labels": labels}, source="labels/set")
+    except ConfigError as exc:
+        raise ControlError(format_problems(exc.problems)) from None
 
 
 class Controller:

@@ -1,8 +1,8 @@
 """Logging set-up: plain or JSON lines, with stream credentials redacted everywhere.
 
-Camera URLs carry passwords (``rtsp://user:pass@host``). Rather than trusting every
-call site to remember, a filter on the root handler rewrites each record's final
-message, so a URL that reaches a log line through an exception text is redacted too.
+Camera URLs carry passwords (``rtsp://user:pass@host``, ``http://cam/snap.cgi?user=u&pwd=p``).
+Rather than trusting every call site to remember, a filter on the root handler rewrites each
+record's final message, so a URL that reaches a log line through an exception text is redacted too.
 """
 
 from __future__ import annotations
@@ -14,12 +14,23 @@ import sys
 import time
 
 _CAMERA_LINE = re.compile(r"camera ([A-Za-z0-9_][A-Za-z0-9_-]*): ")
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+# User info runs from "scheme://" to the LAST '@' before the line ends or the next URL starts: a
+# password may hold an unencoded '@', '/' or space, and cutting at the first of those would print
+# the rest of it. The cost is over-redaction of a credential-less URL followed by an '@' on the
+# same line, which is the safe side. Bounded so a long line costs linear time, not quadratic.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{0,31}://)(?:(?!://)[^\n]){1,512}@")
+# Query or path parameters that carry credentials (?user=admin&pwd=..., Foscam's usr/pwd, loginuse/loginpas).
+_SECRET_PARAMS = re.compile(
+    r"(?P<key>(?<![A-Za-z0-9])(?:user(?:name)?|usr|login(?:use|pas)?|pwd|pass(?:wd|word)?|secret|"
+    r"token|access_token|auth|authorization|api_?key|credentials?)=)[^&#\s'\"]+",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
-    """Replace ``user:pass@`` (or ``user@``) in every URL of ``text`` with ``***@``."""
-    return _CREDENTIALS.sub(r"\g<scheme>***@", text)
+    """``text`` with every URL's user info (``user:pass@``) replaced by ``***@`` and credential
+    parameters (``pwd=...``, ``token=...``) by ``***``."""
+    return _SECRET_PARAMS.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
 
 
 class RedactingFilter(logging.Filter):

@@ -103,3 +103,124 @@ def test_check_config_as_a_process_and_shipped_config_is_valid():
     version = subprocess.run([sys.executable, "-m", "streamclf", "--version"], capture_output=True, text=True,
                              env=daemon_env(), timeout=60)
     assert version.stdout.startswith("streamclf ")
+
+
+# --------------------------------------------------------------------------- secrets never printed
+
+SECRET = "987654321"
+
+
+@pytest.mark.parametrize(
+    "yaml_text, env, expected_path",
+    [
+        (f"mqtt: {{password: {SECRET}}}\n", {}, "mqtt.password"),
+        (f"mqtt: {{password: [{SECRET}]}}\n", {}, "mqtt.password"),
+        (f"mqtt: {{password: '{SECRET}' , password_credential: pw}}\n", {}, "mqtt"),
+        (f"mqtt: {{password: '{'x' * 70000}{SECRET}'}}\n", {}, "mqtt.password"),
+        (f"mqtt: {{pasword: {SECRET}}}\n", {}, "mqtt.pasword"),
+        # A YAML syntax error on the password's line: the parser's excerpt of the line is not shown.
+        (f'mqtt:\n  password: "{SECRET}\n', {}, ""),
+        (f"mqtt:\n  password: {SECRET}: x\n", {}, ""),
+        # Values from the environment are where secrets live: never echoed, whatever the field.
+        ("mqtt: {port: '${MQTT_PORT}'}\n", {"MQTT_PORT": SECRET + "x"}, "mqtt.port"),
+        # Stream URLs are shown redacted.
+        (f"cameras: {{c: {{source: 'ftp://admin:{SECRET}@nas/v.mp4'}}}}\n", {}, "cameras.c.source"),
+        (f"cameras: {{c: {{source: 'rtsp://cam:99999/s?pwd={SECRET}'}}}}\n", {}, "cameras.c.source"),
+        (f"cameras: {{c: {{source: 'ftp://{'u' * 45}:{SECRET}@{'n' * 80}/v.mp4'}}}}\n", {}, "cameras.c.source"),
+    ],
+    ids=["numeric", "list", "both-password-and-credential", "too-long", "typo-key", "yaml-unclosed-quote",
+         "yaml-colon", "from-environment", "source-userinfo", "source-query", "source-long"],
+)
+def test_config_errors_never_show_a_secret(yaml_text, env, expected_path):
+    text = yaml_text + "labels: {a: {}, b: {}}\ncameras: {c: {source: c.mp4}}\n" if "cameras" not in yaml_text \
+        else yaml_text + "labels: {a: {}, b: {}}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env=env)
+    assert SECRET[:4] not in str(info.value)  # not even the part before a cut
+    assert any(p.path.startswith(expected_path) for p in info.value.problems), info.value.problems
+
+
+def test_a_numeric_password_is_rejected_with_advice():
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"mqtt: {{password: {SECRET}}}\nlabels: {{a: {{}}, b: {{}}}}\ncameras: {{c: {{source: 0}}}}\n")
+    [problem] = info.value.problems
+    assert problem.path == "mqtt.password" and problem.line == 1
+    assert "quote" in problem.message and SECRET not in problem.message
+
+
+@pytest.mark.parametrize("command", ["check-config", "run"])
+def test_check_config_and_run_never_print_a_secret(tmp_path, command):
+    """Through ``python -m streamclf`` like a user runs it: stdout and stderr hold no secret."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        f"mqtt:\n  password: {SECRET}\n"
+        "labels: {a: {}, b: {}}\n"
+        f"cameras:\n  c: {{source: 'ftp://admin:{SECRET}@nas/v.mp4'}}\n"
+    )
+    out = subprocess.run([sys.executable, "-m", "streamclf", command, "-c", str(path)],
+                         capture_output=True, text=True, env=daemon_env(), timeout=120)
+    assert out.returncode == 1
+    assert "mqtt.password" in out.stderr and "cameras.c.source" in out.stderr
+    assert SECRET not in out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- every problem, no traceback
+
+def test_a_label_with_an_empty_body_takes_the_defaults(tmp_path):
+    text = "labels:\n  person:\n  car:\n  empty: {background: true}\ncameras:\n  c: {source: c.mp4}\n"
+    cfg = parse_config(text)
+    assert cfg.labels["person"].prompts_for("person") == ["a photo of a person"]
+    assert cfg.labels["car"].threshold == 0.5 and cfg.labels["empty"].background
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    assert main(["check-config", "-c", str(path)]) == 0
+
+
+@pytest.mark.parametrize(
+    "text, expected_path, expected_line",
+    [
+        ("labels: {a: {}, b: {}}\ncameras:\n  c:\n    source: c.mp4\n    zones:\n      porch:\n", "cameras.c.zones.porch", 6),
+        ("labels: {a: {}, b: {}}\ncameras:\n  c:\n", "cameras.c", 3),
+        ("labels: {a: {}, b: {}}\ncameras:\n", "cameras", 2),
+        ("labels: {a: {}, b: {}}\ncameras: {c: {source: c.mp4, fps: }}\n", "cameras.c.fps", 2),
+    ],
+    ids=["zone", "camera", "cameras", "number"],
+)
+def test_empty_values_are_errors_with_key_and_line(text, expected_path, expected_line):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    matching = [p for p in info.value.problems if p.path.startswith(expected_path)]
+    assert matching and matching[0].line == expected_line, info.value.problems
+
+
+def test_every_problem_is_reported_together():
+    """A cross-section problem (an unknown label) is reported next to a field error elsewhere."""
+    text = VALID.replace("    fps: 2\n", "    fps: fast\n").replace("[person, nothing]", "[person, cat]") \
+        .replace("  host: 127.0.0.1\n", "  host: 127.0.0.1\n  hots: x\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env=ENV)
+    paths = {p.path: p for p in info.value.problems}
+    assert set(paths) == {"mqtt.hots", "cameras.front_door.fps", "cameras.front_door.labels"}, info.value.problems
+    assert "unknown label(s) ['cat']" in paths["cameras.front_door.labels"].message
+    assert paths["cameras.front_door.labels"].line == 16
+
+
+def test_unset_variables_are_reported_with_the_other_problems():
+    text = VALID.replace("    fps: 2\n", "    fps: fast\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, env={"MQTT_PASSWORD": "x"})
+    assert {p.path for p in info.value.problems} == {"cameras.front_door.source", "cameras.front_door.fps"}
+
+
+def test_a_duplicate_key_is_an_error():
+    with pytest.raises(ConfigError) as info:
+        parse_config("labels:\n  a: {}\n  b: {}\n  a: {threshold: 0.2}\ncameras: {c: {source: c.mp4}}\n")
+    [problem] = info.value.problems
+    assert (problem.path, problem.line) == ("labels.a", 4) and "more than once" in problem.message
+
+
+def test_the_password_is_not_in_the_config_repr():
+    """A config object that reaches a log line or an exception text does not carry the password with it."""
+    cfg = parse_config(f"mqtt: {{password: '{SECRET}'}}\nlabels: {{a: {{}}, b: {{}}}}\ncameras: {{c: {{source: 0}}}}\n")
+    assert cfg.mqtt.password == SECRET
+    assert SECRET not in repr(cfg) and SECRET not in str(cfg.mqtt)

@@ -138,9 +138,16 @@ def test_initial_state_is_published_from_the_config(control):
         ("labels/set", b'{"dog": {}, "cat": {}}', "cameras.back.labels: unknown label(s) ['car', 'empty']"),
         ("labels/set", b'{"car": {}, "empty": {}}', None),
         ("labels/set", b'{"car": {}}', "needs at least two labels"),
-        ("labels/set", b'{"bad/name": {}, "car": {}, "empty": {}}', "must be letters"),
+        ("labels/set", b'{"bad/name": {}, "car": {}, "empty": {}}', "1 to 64 letters"),
         ("labels/set", b'{}', "must name at least one entry"),
         ("labels/set", b'{"car": {"prompts": ["' + b"x" * 70000 + b'"]}}', "payload too large"),
+        # Names are whole topic levels: "$" of a pattern must not match before a trailing newline.
+        ("labels/set", b'{"person\\n": {}, "car": {}, "empty": {"background": true}}', "1 to 64 letters"),
+        ("labels/set", b'{"' + b"x" * 65 + b'": {}, "car": {}, "empty": {}}', "1 to 64 letters"),
+        ("labels/set", json.dumps({**{f"l{i}": {} for i in range(257)}, "car": {}, "empty": {}}).encode(),
+         "at most 256 labels"),
+        ("labels/set", b'{"dog": null, "car": {}, "empty": {"background": true}}', None),
+        ("labels/set", b'{"dog": {"off_delay_s": Infinity}, "car": {}, "empty": {}}', "labels.dog.off_delay_s: Input should be a finite number"),
     ],
 )
 def test_commands_are_validated_and_invalid_ones_change_nothing(control, topic, payload, error):
