@@ -23,11 +23,11 @@ import cv2
 import numpy as np
 import torch
 
-from streamclf import torch_threads
+from streamclf.model import torch_threads
 from streamclf.config import ModelConfig
-from streamclf.cuda_graphs import GraphedEncoder
-from streamclf.image_tower import ImageTower, cpu_can_pack
-from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
+from streamclf.model.cuda_graphs import GraphedEncoder
+from streamclf.model.image_tower import ImageTower, cpu_can_pack
+from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def _packed_if_equal(tower: torch.nn.Module, batch_size: int) -> torch.nn.Module
 
 def _graphed_if_equal(encode: Callable[[torch.Tensor], torch.Tensor], row_shape: tuple[int, int, int],
                       dtype: torch.dtype, device: torch.device, batch_size: int) -> GraphedEncoder | None:
-    """``encode`` replayed as CUDA graphs (streamclf/cuda_graphs.py), if capturing works and computes the same.
+    """``encode`` replayed as CUDA graphs (streamclf/model/cuda_graphs.py), if capturing works and computes the same.
 
     An operator that cannot be captured on this torch build or GPU must cost speed, not
     correctness or the daemon: then the eager forward is kept, with a warning. Three random
@@ -303,7 +303,7 @@ class ClipClassifier:
         self._lock = threading.Lock()
         # OpenCV's pool serves resize and colour conversion; its threads would compete with torch's.
         cv2.setNumThreads(cfg.opencv_threads)
-        # On a thread of its own, whose torch worker pool ends with it (streamclf/torch_threads.py).
+        # On a thread of its own, whose torch worker pool ends with it (streamclf/model/torch_threads.py).
         spec, use_device = torch_threads.in_own_thread(self._load, "model-load")
         log.info(
             "model %s loaded on %s, precision %s, input %dx%d, preprocessing on the %s",
@@ -352,7 +352,7 @@ class ClipClassifier:
 
         Every other thread that calls in (label prompts encoded on the main or the control thread)
         runs torch with one thread, so that the process keeps a single torch worker pool (why:
-        streamclf/torch_threads.py). The pipeline reserves before it encodes its labels.
+        streamclf/model/torch_threads.py). The pipeline reserves before it encodes its labels.
         """
         self._model_thread = 0  # no thread has ident 0
 
