@@ -73,7 +73,7 @@ def model_sweep(model_dir: Path, device: str, precisions: list[str], batch_sizes
         for cuda_graphs in variants:
             clf = ClipClassifier(ModelConfig(name=str(model_dir), device=device, precision=precision,
                                              batch_size=max(batch_sizes), cuda_graphs=cuda_graphs))
-            if cuda_graphs and clf._graphed is None:
+            if cuda_graphs and not clf.cuda_graph_buckets:
                 print("  (a) CUDA graphs were not captured (see the log above)", flush=True)
                 continue
             for bs in batch_sizes:
@@ -159,7 +159,7 @@ def pipeline_streams(model_dir: Path, videos: list[Path], device: str, precision
     runner.join(10)
     return {"streams": len(videos), "frames_per_s": (c1 - c0) / (t1 - t0), "seconds": t1 - t0,
             "batch_size": batch_size, "precision": pipeline.classifier.precision, "preprocess": preprocess,
-            "cuda_graphs": pipeline.classifier._graphed is not None, "frames_decoded_total": decoded}
+            "cuda_graphs": bool(pipeline.classifier.cuda_graph_buckets), "frames_decoded_total": decoded}
 
 
 def _table(rows: list[list[str]]) -> str:

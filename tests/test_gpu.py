@@ -134,7 +134,7 @@ def test_graphed_encoder_pads_to_the_smallest_bucket_and_chunks_larger_batches(n
 
 def test_cuda_graphs_are_not_used_on_the_cpu(tiny_clip_dir):
     clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32", cuda_graphs=True))
-    assert clf._graphed is None
+    assert clf.cuda_graph_buckets == ()
 
 
 @needs_cuda
@@ -146,8 +146,8 @@ def test_cuda_graphs_give_the_eager_embeddings_for_every_batch_size(tiny_clip_di
     with caplog.at_level("INFO", logger="streamclf.model"):
         graphed = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cuda", precision=precision,
                                              batch_size=8, cuda_graphs=True))
-    assert eager._graphed is None
-    assert graphed._graphed is not None and graphed._graphed.buckets == (1, 2, 4, 8)
+    assert eager.cuda_graph_buckets == ()
+    assert graphed.cuda_graph_buckets == (1, 2, 4, 8)
     assert "CUDA graphs: captured for batch sizes 1,2,4,8" in caplog.text
     for n in (1, 3, 8, 5, 11, 2):  # a partly filled bucket after a full one; 11 runs as 8 + 4
         want = eager.embed_images(frames[:n])

@@ -158,7 +158,7 @@ def test_bf16_on_a_cpu_that_cannot_pack_it_runs_the_plain_tower_quietly(tiny_cli
 
     Found when the suite first ran on such a CPU: the packed-tower tests assumed AVX-512.
     """
-    import streamclf.model.classifier as checks
+    import streamclf.model.checks as checks
 
     monkeypatch.setattr(checks, "cpu_can_pack", lambda dtype: dtype == torch.float32)
     with caplog.at_level("INFO", logger="streamclf.model"):

@@ -74,10 +74,9 @@ def _resize_planar(image: np.ndarray, height: int, width: int) -> torch.Tensor:
     """(3, height, width) uint8 tensor: an (H, W, 3) uint8 image resized with PIL's filter (CLIPImageProcessor's).
 
     torch has a vectorised uint8 kernel for antialiased bicubic that reads the HWC array in
-    place (as a channels-last view), rounds and clamps like PIL and writes planar output:
-    about 0.4 ms for 640x480 and 0.9 ms for 1280x720 on one core, against 4-7 ms for OpenCV's
-    INTER_AREA at CLIP's non-integer scale factors. Planar is what the model reads, so the
-    result is never transposed back to HWC.
+    place (as a channels-last view), rounds and clamps like PIL and writes planar output, several
+    times faster than OpenCV's INTER_AREA at CLIP's non-integer scale factors. Planar is what the
+    model reads, so the result is never transposed back to HWC.
     """
     if not image.flags.writeable or min(image.strides) < 0:
         image = image.copy()  # torch.from_numpy refuses negative strides and warns about read-only arrays
@@ -167,7 +166,7 @@ class BatchPreprocessor:
 
         Callable from any thread: the pipeline's idle-priority capture threads do this part
         ahead of the batch, and ``__call__`` then only copies it into the staging batch. It runs
-        with one torch thread, like every thread but the model's (streamclf/model/torch_threads.py).
+        with one torch thread, like every thread but the model's (streamclf/torch_threads.py).
         """
         torch_threads.pin(1)
         return resize_and_crop(image, self.spec)
