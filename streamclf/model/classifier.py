@@ -192,8 +192,8 @@ class ClipClassifier:
         """Softmax(logit_scale * cosine) of each embedding over its own subset of label names."""
         cos = (embeddings @ labels.embeddings.T).cpu()
         results = []
-        for row, names in zip(cos, subsets):
+        for row, names in zip(cos, subsets, strict=True):
             idx = labels.index(names)
             probs = torch.softmax(self.logit_scale * row[idx], dim=-1).tolist()
-            results.append(dict(zip(names, probs)))
+            results.append(dict(zip(names, probs, strict=True)))
         return results

@@ -122,7 +122,7 @@ class _Normaliser:
     def __init__(self, spec: PreprocessSpec, device: torch.device):
         # x/255 then (x - mean)/std folded into one multiply-add per channel.
         self.scale = [1.0 / (255.0 * s) for s in spec.std]
-        self.shift = [torch.tensor(-m / s, dtype=torch.float32, device=device) for m, s in zip(spec.mean, spec.std)]
+        self.shift = [torch.tensor(-m / s, dtype=torch.float32, device=device) for m, s in zip(spec.mean, spec.std, strict=True)]
 
     def __call__(self, pixels: torch.Tensor, out: torch.Tensor, bgr: bool) -> torch.Tensor:
         for c in range(3):
