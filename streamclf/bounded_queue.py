@@ -74,29 +74,30 @@ class BoundedQueue(Generic[T]):
         with self._cond:
             return list(self._items)
 
-    def put(self, item: T, context: str = "") -> list[T]:
-        """Queue ``item`` at the back; returns what the policy dropped to do so (empty when it fit).
+    def put(self, item: T, context: str = "") -> T | None:
+        """Queue ``item`` at the back; returns the item the policy dropped to do so, None when it fit.
 
-        ``DROP_OLDEST`` returns the oldest items it dropped, ``REJECT_NEWEST`` returns ``[item]``.
-        ``context`` goes into the warning (see the class docstring).
+        When the queue is full, ``DROP_OLDEST`` drops (and returns) the oldest item, one per
+        put, and ``REJECT_NEWEST`` returns ``item`` itself. ``context`` goes into the warning
+        (see the class docstring).
         """
         with self._cond:
-            if self.policy is OverflowPolicy.REJECT_NEWEST and len(self._items) >= self._maxsize:
-                dropped = [item]
+            if len(self._items) < self._maxsize:
+                dropped = None
+            elif self.policy is OverflowPolicy.REJECT_NEWEST:
+                self._count_drop(context)
+                return item
             else:
-                dropped = []
-                while len(self._items) >= self._maxsize:
-                    dropped.append(self._items.popleft())
-                self._items.append(item)
-                self._cond.notify_all()
-            if dropped:
-                self.dropped += len(dropped)
-                self._warn(context)
+                dropped = self._items.popleft()
+                self._count_drop(context)
+            self._items.append(item)
+            self._cond.notify_all()
             return dropped
 
     def put_front(self, item: T) -> None:
         """Queue ``item`` ahead of everything, outside the bound: an item taken out and given back,
-        state that must go first, or a stop sentinel. Never drops anything."""
+        state that must go first, or a stop sentinel. Never drops anything; until the queue drains
+        below its bound again, each ``put`` makes room by one item as usual."""
         with self._cond:
             self._items.appendleft(item)
             self._cond.notify_all()
@@ -130,7 +131,8 @@ class BoundedQueue(Generic[T]):
             self._closed = True
             self._cond.notify_all()
 
-    def _warn(self, context: str) -> None:
+    def _count_drop(self, context: str) -> None:
+        self.dropped += 1
         if self._warning is None:
             return
         now = time.monotonic()

@@ -152,7 +152,7 @@ class Controller:
     # -- receiving (paho's network thread: never blocks) ---------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if self._queue.put(ControlMessage(topic, bytes(payload))):
+        if self._queue.put(ControlMessage(topic, bytes(payload))) is not None:
             self._reject(topic, payload, f"too many control commands waiting (more than {self.max_queued_commands})")
 
     def _run(self) -> None:

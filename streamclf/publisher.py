@@ -153,7 +153,8 @@ class MqttPublisher:
             # The broker's state goes into the overflow warning: a start-up burst while connected
             # must not hide an outage seconds later (see BoundedQueue).
             state = "connected" if self._connected else "disconnected"
-            for dropped in self._queue.put(msg, context=state):
+            dropped = self._queue.put(msg, context=state)
+            if dropped is not None:
                 self.dropped_by_topic[dropped.topic] += 1
 
     def set_retained(self, topic: str, payload: str | bytes | dict, qos: int = 1) -> None:

@@ -18,10 +18,10 @@ def _queue(maxsize: int, policy: OverflowPolicy, **kw) -> BoundedQueue[int]:
 
 
 @pytest.mark.parametrize("policy, puts, kept, returned, dropped", [
-    (OverflowPolicy.DROP_OLDEST, [1, 2], [1, 2], [[], []], 0),
-    (OverflowPolicy.DROP_OLDEST, [1, 2, 3, 4], [3, 4], [[], [], [1], [2]], 2),
-    (OverflowPolicy.REJECT_NEWEST, [1, 2], [1, 2], [[], []], 0),
-    (OverflowPolicy.REJECT_NEWEST, [1, 2, 3, 4], [1, 2], [[], [], [3], [4]], 2),
+    (OverflowPolicy.DROP_OLDEST, [1, 2], [1, 2], [None, None], 0),
+    (OverflowPolicy.DROP_OLDEST, [1, 2, 3, 4], [3, 4], [None, None, 1, 2], 2),
+    (OverflowPolicy.REJECT_NEWEST, [1, 2], [1, 2], [None, None], 0),
+    (OverflowPolicy.REJECT_NEWEST, [1, 2, 3, 4], [1, 2], [None, None, 3, 4], 2),
 ])
 def test_a_full_queue_applies_its_policy_and_counts(policy, puts, kept, returned, dropped):
     q = _queue(2, policy)
@@ -30,13 +30,14 @@ def test_a_full_queue_applies_its_policy_and_counts(policy, puts, kept, returned
     assert q.dropped == dropped
 
 
-def test_shrinking_the_bound_drops_down_to_it_on_the_next_put():
+def test_above_its_bound_a_queue_makes_room_by_one_item_per_put():
+    """After put_front or a smaller maxsize: it drains to the bound, no put drops a batch at once."""
     q = _queue(4, OverflowPolicy.DROP_OLDEST)
     for i in range(4):
         q.put(i)
     q.maxsize = 2
-    assert q.put(4) == [0, 1, 2]
-    assert q.items() == [3, 4] and q.dropped == 3
+    assert q.put(4) == 0
+    assert q.items() == [1, 2, 3, 4] and q.dropped == 1
 
 
 @pytest.mark.parametrize("maxsize", [0, -1])
@@ -74,7 +75,7 @@ def test_without_a_warning_the_owner_reports_drops(caplog):
     q: BoundedQueue[int] = BoundedQueue(1, OverflowPolicy.REJECT_NEWEST, logger=log)
     q.put(1)
     with caplog.at_level(logging.DEBUG, logger=log.name):
-        assert q.put(2) == [2]
+        assert q.put(2) == 2
     assert caplog.records == [] and q.dropped == 1
 
 
@@ -90,3 +91,18 @@ def test_get_waits_for_an_item_and_returns_none_on_timeout_or_once_closed_and_em
     reader.join(5)
     assert not reader.is_alive() and got == [1, 2]
     assert q.clear() == 0
+
+
+def test_the_mqtt_outage_queue_drops_the_oldest_and_counts_per_topic(caplog):
+    """MqttPublisher's queue before it ever connects: the bound, the counters and the warning it logs."""
+    from streamclf.config import MqttConfig
+    from streamclf.publisher import MqttPublisher
+
+    publisher = MqttPublisher(MqttConfig(host="127.0.0.1", port=1, max_queued_messages=10))
+    with caplog.at_level(logging.WARNING, logger="streamclf.publisher"):
+        for i in range(15):
+            publisher.publish(f"t/{i % 3}", {"i": i})
+    assert publisher.queued == 10 and publisher.dropped_overflow == 5
+    assert dict(publisher.dropped_by_topic) == {"t/0": 2, "t/1": 2, "t/2": 1}  # messages 0..4 went
+    assert [r.getMessage() for r in caplog.records] == [
+        "MQTT queue full (10 messages, broker disconnected); dropping the oldest, 1 dropped so far"]
