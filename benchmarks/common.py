@@ -27,7 +27,7 @@ def machine() -> dict:
     import torch
     import transformers
 
-    from streamclf.classifier import cpu_has_native_bf16
+    from streamclf.model import cpu_has_native_bf16
 
     cpu = platform.processor() or "unknown"
     try:
@@ -92,8 +92,8 @@ class ModelOnly:
     def __init__(self, model_dir: Path, device: str, precision: str, batch_size: int):
         import torch
 
-        from streamclf.classifier import ClipClassifier
         from streamclf.config import ModelConfig
+        from streamclf.model import ClipClassifier
 
         self.clf = ClipClassifier(ModelConfig(name=str(model_dir), device=device, precision=precision,
                                               batch_size=batch_size))

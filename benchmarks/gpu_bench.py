@@ -64,8 +64,8 @@ def model_sweep(model_dir: Path, device: str, precisions: list[str], batch_sizes
     precision also through the daemon's CUDA graphs (``model.cuda_graphs``, one graph per bucket)."""
     import torch
 
-    from streamclf.classifier import ClipClassifier
     from streamclf.config import ModelConfig
+    from streamclf.model import ClipClassifier
 
     rows = []
     for precision in precisions:
@@ -73,7 +73,7 @@ def model_sweep(model_dir: Path, device: str, precisions: list[str], batch_sizes
         for cuda_graphs in variants:
             clf = ClipClassifier(ModelConfig(name=str(model_dir), device=device, precision=precision,
                                              batch_size=max(batch_sizes), cuda_graphs=cuda_graphs))
-            if cuda_graphs and clf._graphed is None:
+            if cuda_graphs and not clf.cuda_graph_buckets:
                 print("  (a) CUDA graphs were not captured (see the log above)", flush=True)
                 continue
             for bs in batch_sizes:
@@ -97,8 +97,8 @@ def preprocess_sweep(model_dir: Path, device: str, precision: str, batch_sizes: 
     """(a2) host uint8 frames -> preprocessing on the device -> model: images/s per frame size and batch."""
     import numpy as np
 
-    from streamclf.classifier import ClipClassifier
     from streamclf.config import ModelConfig
+    from streamclf.model import ClipClassifier
 
     clf = ClipClassifier(ModelConfig(name=str(model_dir), device=device, precision=precision, preprocess="device"))
     rows = []
@@ -120,8 +120,8 @@ def preprocess_sweep(model_dir: Path, device: str, precision: str, batch_sizes: 
 def pipeline_streams(model_dir: Path, videos: list[Path], device: str, precision: str, batch_size: int,
                      preprocess: str, cuda_graphs: bool, seconds: float) -> dict:
     """(b) The daemon's Pipeline in-process on looping files for ``seconds``; classified frames/s."""
-    from streamclf.classifier import ClipClassifier
     from streamclf.config import Config
+    from streamclf.model import ClipClassifier
     from streamclf.pipeline import Pipeline
 
     labels = {n: ({"prompts": [p], "threshold": 0.0} if n == "car" else {"prompts": [p], "background": True})
@@ -159,7 +159,7 @@ def pipeline_streams(model_dir: Path, videos: list[Path], device: str, precision
     runner.join(10)
     return {"streams": len(videos), "frames_per_s": (c1 - c0) / (t1 - t0), "seconds": t1 - t0,
             "batch_size": batch_size, "precision": pipeline.classifier.precision, "preprocess": preprocess,
-            "cuda_graphs": pipeline.classifier._graphed is not None, "frames_decoded_total": decoded}
+            "cuda_graphs": bool(pipeline.classifier.cuda_graph_buckets), "frames_decoded_total": decoded}
 
 
 def _table(rows: list[list[str]]) -> str:

@@ -61,11 +61,11 @@ def _model_alone(clf, batches: int) -> float:
     """Median seconds per batch of the model alone (first call not counted).
 
     Timed on a thread that becomes the model's thread and then ends, as the daemon's inference
-    thread does, so that no second torch worker pool outlives it (streamclf/torch_threads.py).
+    thread does, so that no second torch worker pool outlives it (streamclf/model/torch_threads.py).
     """
     import torch
 
-    from streamclf.torch_threads import in_own_thread
+    from streamclf.model.torch_threads import in_own_thread
 
     def run() -> float:
         clf.become_model_thread()
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.runs, args.cameras, args.frames, args.batches_alone = 1, 2, 16, 2
 
-    from streamclf.classifier import ClipClassifier
     from streamclf.config import ModelConfig
     from streamclf.logs import setup_logging
+    from streamclf.model import ClipClassifier
     from tests.servers import MosquittoBroker
 
     setup_logging("WARNING", "text")

@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    from streamclf.classifier import ClipClassifier, ModelLoadError
+    from streamclf.model import ClipClassifier, ModelLoadError
     from streamclf.pipeline import Pipeline
     from streamclf.service.runtime import Service
 
@@ -95,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:
-        # The model loads on a thread of its own (streamclf/torch_threads.py), which Ctrl-C cannot
+        # The model loads on a thread of its own (streamclf/model/torch_threads.py), which Ctrl-C cannot
         # stop; leave at once rather than finalise the interpreter under it.
         log.info("interrupted while loading the model")
         logging.shutdown()

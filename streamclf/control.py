@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Annotated, Callable, Literal, Mapping, Protocol
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import Config, ConfigError, LabelConfig, format_problems, validate_config
 from streamclf.publisher import MqttPublisher
 from streamclf.retained import OwnedRetainedTopics
@@ -112,7 +112,9 @@ class Controller:
         prefix = publisher.prefix
         self._enabled_states = OwnedRetainedTopics(publisher, f"{prefix}/+/enabled/state")
         self._threshold_states = OwnedRetainedTopics(publisher, f"{prefix}/+/+/threshold/state")
-        self._queue: queue.Queue[ControlMessage] = queue.Queue(self.max_queued_commands)
+        # A command that does not fit is refused, not an older one dropped: its sender gets an error reply.
+        self._queue: BoundedQueue[ControlMessage] = BoundedQueue(
+            self.max_queued_commands, OverflowPolicy.REJECT_NEWEST, logger=log)
         self._thread = threading.Thread(target=self._run, name="control", daemon=True)
         self.applied = 0
         self.rejected = 0
@@ -134,30 +136,21 @@ class Controller:
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Finish the command being applied (up to ``timeout_s`` seconds); queued ones are dropped."""
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        try:
-            self._queue.put_nowait(_STOP)
-        except queue.Full:
-            pass
+        self._queue.clear()
+        self._queue.put_front(_STOP)  # ahead of any command that arrives from now on
         if self._thread.ident is not None:
             self._thread.join(timeout_s)
 
     # -- receiving (paho's network thread: never blocks) ---------------------------
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        try:
-            self._queue.put_nowait(ControlMessage(topic, bytes(payload)))
-        except queue.Full:
+        if self._queue.put(ControlMessage(topic, bytes(payload))) is not None:
             self._reject(topic, payload, f"too many control commands waiting (more than {self.max_queued_commands})")
 
     def _run(self) -> None:
         while True:
             msg = self._queue.get()
-            if msg is _STOP:
+            if msg is _STOP or msg is None:
                 return
             self.apply(msg.topic, msg.payload)
 

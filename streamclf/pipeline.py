@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 from streamclf.alerts import AlertPublisher
 from streamclf.batching import Batcher, DropReason
 from streamclf.capture import Camera, CameraState, CameraStatus, FileCamera, make_camera
-from streamclf.classifier import ClipClassifier, LabelSet
+from streamclf.model import ClipClassifier, LabelSet
 from streamclf.config import CameraConfig, Config, LabelConfig
 from streamclf.control import Controller
 from streamclf.decisions import AlertDecider

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import MqttConfig
 
 log = logging.getLogger(__name__)
@@ -50,21 +50,23 @@ class MqttPublisher:
     def __init__(self, cfg: MqttConfig):
         self.cfg = cfg
         self.prefix = cfg.topic_prefix
-        self._queue: deque[OutgoingMessage] = deque()
+        # One lock for the queue and the connection state: the sender waits on both at once.
         self._cond = threading.Condition()
+        self._queue: BoundedQueue[OutgoingMessage] = BoundedQueue(
+            cfg.max_queued_messages, OverflowPolicy.DROP_OLDEST, cond=self._cond, logger=log,
+            warning="MQTT queue full (%(maxsize)d messages, broker %(context)s); dropping the oldest, "
+                    "%(dropped)d dropped so far",
+        )
         self._connected = False
         self._stopping = False
         self._inflight: list[mqtt.MQTTMessageInfo] = []  # QoS>0 handed to paho, maybe not yet acknowledged
         self._retained_state: dict[str, OutgoingMessage] = {}  # republished on every connect
         self._subscriptions: dict[str, MessageHandler] = {}
-        self.dropped_overflow = 0
         self.dropped_by_topic: Counter[str] = Counter()  # what the overflow cost, so the log can say
         self.published = 0
         self.connects = 0
         self.refused = 0  # CONNACKs that refused us (bad credentials, not authorised)
         self.last_error = ""
-        self._last_overflow_warning = 0.0
-        self._last_overflow_state = ""
 
         self.client = self._new_client(cfg)
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
@@ -101,6 +103,7 @@ class MqttPublisher:
         with self._cond:
             self._connected = False  # the sender waits until the new client connects
             self.cfg = cfg
+            self._queue.maxsize = cfg.max_queued_messages
             self.client = self._new_client(cfg)
         old.disconnect()
         old.loop_stop()
@@ -119,6 +122,11 @@ class MqttPublisher:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def dropped_overflow(self) -> int:
+        """Messages dropped because the outage queue was full, since start."""
+        return self._queue.dropped
 
     @property
     def queued(self) -> int:
@@ -142,22 +150,12 @@ class MqttPublisher:
             payload = payload.encode()
         msg = OutgoingMessage(topic, payload, qos, retain)
         with self._cond:
-            if len(self._queue) >= self.cfg.max_queued_messages:
-                dropped = self._queue.popleft()
-                self.dropped_overflow += 1
+            # The broker's state goes into the overflow warning: a start-up burst while connected
+            # must not hide an outage seconds later (see BoundedQueue).
+            state = "connected" if self._connected else "disconnected"
+            dropped = self._queue.put(msg, context=state)
+            if dropped is not None:
                 self.dropped_by_topic[dropped.topic] += 1
-                now = time.monotonic()
-                state = "connected" if self._connected else "disconnected"
-                # At most one warning per 10 s, but always one when the broker's state differs from the
-                # last warning's: a start-up burst while connected must not hide an outage seconds later.
-                if now - self._last_overflow_warning > 10 or state != self._last_overflow_state:
-                    self._last_overflow_warning, self._last_overflow_state = now, state
-                    log.warning(
-                        "MQTT queue full (%d messages, broker %s); dropping the oldest, %d dropped so far",
-                        self.cfg.max_queued_messages, state, self.dropped_overflow,
-                    )
-            self._queue.append(msg)
-            self._cond.notify_all()
 
     def set_retained(self, topic: str, payload: str | bytes | dict, qos: int = 1) -> None:
         """Publish a retained state message and remember it, to republish after every reconnect."""
@@ -207,7 +205,7 @@ class MqttPublisher:
                     self.published += 1
             else:
                 with self._cond:  # not handed over: put it back and wait for the connection
-                    self._queue.appendleft(msg)
+                    self._queue.put_front(msg)
                     self._connected = False if info.rc == mqtt.MQTT_ERR_NO_CONN else self._connected
                     self._cond.wait(0.1)
 
@@ -230,10 +228,10 @@ class MqttPublisher:
             client.subscribe(topic_filter, qos=1)
         with self._cond:
             # Retained state first, ahead of anything queued during the outage.
-            current = {m.topic for m in self._queue if m.retain}
+            current = {m.topic for m in self._queue.items() if m.retain}
             for topic, msg in self._retained_state.items():
                 if topic not in current:
-                    self._queue.appendleft(msg)
+                    self._queue.put_front(msg)
             self._connected = True
             self._cond.notify_all()
 

@@ -21,6 +21,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import SnapshotConfig
 
 log = logging.getLogger(__name__)
@@ -60,27 +61,28 @@ class SnapshotRequest:
 
 
 class SnapshotWriter:
-    """Encodes and delivers snapshots on its own thread; ``submit`` never blocks."""
+    """Encodes and delivers snapshots on its own thread; ``submit`` never blocks.
 
-    queue_size = 16
+    At most ``queue_size`` snapshots wait to be encoded; beyond that the oldest is dropped.
+    """
 
     def __init__(self, cfg: SnapshotConfig, publish_retained: Callable[[str, bytes], None],
-                 base_dir: str | None = None):
+                 base_dir: str | None = None, queue_size: int = 16):
         self.cfg = cfg
         self._publish_retained = publish_retained
         self.directory: Path | None = None
         if cfg.directory:
             d = Path(cfg.directory).expanduser()
             self.directory = d if d.is_absolute() or base_dir is None else Path(base_dir) / d
-        self._pending: deque[SnapshotRequest] = deque()
-        self._cond = threading.Condition()
-        self._stopping = False
+        # The newest picture is the one a person wants to see; a burst of events must not flood the log.
+        self._pending: BoundedQueue[SnapshotRequest] = BoundedQueue(
+            queue_size, OverflowPolicy.DROP_OLDEST, logger=log,
+            warning="snapshot queue full; dropping the oldest pending snapshots, %(dropped)d so far",
+        )
         self._files: deque[Path] = deque()  # written files, oldest first, for the max_files bound
         self.written = 0
         self.published = 0
-        self.dropped_oldest = 0
         self.failed = 0
-        self._last_drop_warning = 0.0
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
 
     def start(self) -> None:
@@ -96,33 +98,27 @@ class SnapshotWriter:
                 self.directory = None
         self._thread.start()
 
+    @property
+    def dropped_oldest(self) -> int:
+        """Snapshots dropped unsent because the queue was full, since start."""
+        return self._pending.dropped
+
+    @property
+    def pending(self) -> int:
+        """Snapshots waiting to be encoded and delivered."""
+        return len(self._pending)
+
     def submit(self, request: SnapshotRequest) -> None:
-        with self._cond:
-            if len(self._pending) >= self.queue_size:
-                self._pending.popleft()
-                self.dropped_oldest += 1
-                now = time.monotonic()
-                if now - self._last_drop_warning > 10:  # a burst of events must not flood the log
-                    self._last_drop_warning = now
-                    log.warning("snapshot queue full; dropping the oldest pending snapshots, %d so far",
-                                self.dropped_oldest)
-            self._pending.append(request)
-            self._cond.notify()
+        """Queue a snapshot; never blocks. A full queue drops its oldest pending snapshot."""
+        self._pending.put(request)
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._pending or self._stopping)
-                if not self._pending:
-                    return
-                request = self._pending.popleft()
+        while (request := self._pending.get()) is not None:  # None: stopped and everything delivered
             try:
                 self._deliver(request)
             except Exception:  # a bad snapshot is logged; events and the next snapshots go on
                 self.failed += 1
                 log.exception("snapshot %s failed", request.file_stem)
-            with self._cond:
-                self._cond.notify_all()
 
     def _deliver(self, request: SnapshotRequest) -> None:
         jpeg = encode_jpeg(request.image, self.cfg)
@@ -153,12 +149,9 @@ class SnapshotWriter:
     def stop(self, timeout_s: float = 1.0) -> None:
         """Deliver what is pending for up to ``timeout_s`` seconds, then stop the thread."""
         deadline = time.monotonic() + timeout_s
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self._pending.close()
         if self._thread.is_alive():
             self._thread.join(max(0.0, deadline - time.monotonic()))
-        with self._cond:
-            if self._pending:
-                log.warning("%d snapshot(s) not delivered at shutdown", len(self._pending))
-                self._pending.clear()
+        undelivered = self._pending.clear()
+        if undelivered:
+            log.warning("%d snapshot(s) not delivered at shutdown", undelivered)

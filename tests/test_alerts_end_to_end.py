@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from streamclf.classifier import ClipClassifier
 from streamclf.config import ModelConfig
+from streamclf.model import ClipClassifier
 from tests.conftest import base_config
 from tests.servers import make_video, read_retained
 

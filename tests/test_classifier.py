@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from streamclf.classifier import ClipClassifier, ModelLoadError
 from streamclf.config import ModelConfig
-from streamclf.preprocess import PreprocessSpec, resize_and_crop, resize_shortest_edge
+from streamclf.model import ClipClassifier, ModelLoadError
+from streamclf.model.preprocess import PreprocessSpec, resize_and_crop, resize_shortest_edge
 from tests.conftest import REPO, daemon_env
 
 PROMPTS = ["a photo of a person", "a photo of a car", "an empty room"]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from streamclf.classifier import ClipClassifier
 from streamclf.config import ModelConfig
-from streamclf.cuda_graphs import CapturedGraph, GraphedEncoder, graph_buckets
-from streamclf.image_tower import ImageTower
-from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
+from streamclf.model import ClipClassifier
+from streamclf.model.cuda_graphs import CapturedGraph, GraphedEncoder, graph_buckets
+from streamclf.model.image_tower import ImageTower
+from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -61,7 +61,7 @@ def test_cuda_half_precisions_stay_within_cosine_0_999_of_fp32(tiny_clip_dir, pr
 def test_the_image_tower_passes_its_load_check_on_the_device(tiny_clip_dir, device_name, caplog):
     """At load the tower is compared with transformers' forward on the device; there it must agree,
     or the daemon would quietly run transformers' slower forward."""
-    with caplog.at_level("WARNING", logger="streamclf.classifier"):
+    with caplog.at_level("WARNING", logger="streamclf.model"):
         clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device=device_name, precision="fp32"))
     assert "image tower" not in caplog.text
     assert isinstance(clf.image_tower, ImageTower) and clf.model.vision_model is None
@@ -77,7 +77,7 @@ def test_auto_picks_fp16_and_device_preprocessing_on_cuda(tiny_clip_dir):
     assert all(abs(sum(s.values()) - 1) < 1e-4 for s in scores)
 
 
-# CUDA graphs (streamclf/cuda_graphs.py): bucket choice, padding and chunking are plain logic, checked
+# CUDA graphs (streamclf/model/cuda_graphs.py): bucket choice, padding and chunking are plain logic, checked
 # here on any machine with a stand-in for the capture; the real capture is checked on CUDA below.
 
 
@@ -134,7 +134,7 @@ def test_graphed_encoder_pads_to_the_smallest_bucket_and_chunks_larger_batches(n
 
 def test_cuda_graphs_are_not_used_on_the_cpu(tiny_clip_dir):
     clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32", cuda_graphs=True))
-    assert clf._graphed is None
+    assert clf.cuda_graph_buckets == ()
 
 
 @needs_cuda
@@ -143,11 +143,11 @@ def test_cuda_graphs_give_the_eager_embeddings_for_every_batch_size(tiny_clip_di
     frames = _frames(11)
     eager = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cuda", precision=precision,
                                        batch_size=8, cuda_graphs=False))
-    with caplog.at_level("INFO", logger="streamclf.classifier"):
+    with caplog.at_level("INFO", logger="streamclf.model"):
         graphed = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cuda", precision=precision,
                                              batch_size=8, cuda_graphs=True))
-    assert eager._graphed is None
-    assert graphed._graphed is not None and graphed._graphed.buckets == (1, 2, 4, 8)
+    assert eager.cuda_graph_buckets == ()
+    assert graphed.cuda_graph_buckets == (1, 2, 4, 8)
     assert "CUDA graphs: captured for batch sizes 1,2,4,8" in caplog.text
     for n in (1, 3, 8, 5, 11, 2):  # a partly filled bucket after a full one; 11 runs as 8 + 4
         want = eager.embed_images(frames[:n])

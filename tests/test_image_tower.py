@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import CLIPModel, CLIPVisionConfig, CLIPVisionModel
 
-from streamclf.classifier import ClipClassifier
 from streamclf.config import ModelConfig
-from streamclf.image_tower import ImageTower, PackedLinear, cpu_can_pack
+from streamclf.model import ClipClassifier
+from streamclf.model.image_tower import ImageTower, PackedLinear, cpu_can_pack
 
 
 def _reference(vision_model, projection, x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ def test_unusual_layout_falls_back_to_transformers_forward(tiny_clip_dir, monkey
         raise ValueError("patch embedding is not a plain non-overlapping convolution")
 
     monkeypatch.setattr(ImageTower, "__init__", refuse)
-    with caplog.at_level("WARNING", logger="streamclf.classifier"):
+    with caplog.at_level("WARNING", logger="streamclf.model"):
         fallback = ClipClassifier(cfg)
     assert "using transformers' forward (patch embedding" in caplog.text
     assert fallback.model.vision_model is not None
@@ -113,7 +113,7 @@ def test_a_tower_that_is_wrong_on_the_device_falls_back_to_transformers_forward(
     cfg = ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32")
     good = ClipClassifier(cfg).embed_images(images)
     monkeypatch.setattr(ImageTower, "forward", sabotage)
-    with caplog.at_level("WARNING", logger="streamclf.classifier"):
+    with caplog.at_level("WARNING", logger="streamclf.model"):
         clf = ClipClassifier(cfg)
     assert message in caplog.text
     assert clf.model.vision_model is not None and not isinstance(clf.image_tower, ImageTower)
@@ -158,10 +158,10 @@ def test_bf16_on_a_cpu_that_cannot_pack_it_runs_the_plain_tower_quietly(tiny_cli
 
     Found when the suite first ran on such a CPU: the packed-tower tests assumed AVX-512.
     """
-    import streamclf.classifier as classifier
+    import streamclf.model.checks as checks
 
-    monkeypatch.setattr(classifier, "cpu_can_pack", lambda dtype: dtype == torch.float32)
-    with caplog.at_level("INFO", logger="streamclf.classifier"):
+    monkeypatch.setattr(checks, "cpu_can_pack", lambda dtype: dtype == torch.float32)
+    with caplog.at_level("INFO", logger="streamclf.model"):
         clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="bf16"))
     assert isinstance(clf.image_tower.layers[0].fc1, torch.nn.Linear)
     assert "image tower" not in caplog.text
@@ -173,7 +173,7 @@ def test_classifier_keeps_the_plain_tower_when_packing_fails(tiny_clip_dir, monk
         raise RuntimeError("mkldnn::_reorder_linear_weight: no such operator")
 
     monkeypatch.setattr(ImageTower, "packed_for_cpu", broken)
-    with caplog.at_level("INFO", logger="streamclf.classifier"):
+    with caplog.at_level("INFO", logger="streamclf.model"):
         clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32"))
     assert "packed linear layers unavailable (mkldnn::_reorder_linear_weight: no such operator)" in caplog.text
     assert isinstance(clf.image_tower.layers[0].fc1, torch.nn.Linear)
@@ -190,7 +190,7 @@ def test_classifier_keeps_the_plain_tower_when_packed_disagrees(tiny_clip_dir, m
         return tower
 
     monkeypatch.setattr(ImageTower, "packed_for_cpu", wrong)
-    with caplog.at_level("WARNING", logger="streamclf.classifier"):
+    with caplog.at_level("WARNING", logger="streamclf.model"):
         clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32"))
     assert "packed linear layers disagree" in caplog.text
     assert isinstance(clf.image_tower.layers[0].fc1, torch.nn.Linear)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from streamclf.classifier import INT8_MIN_COSINE, ClipClassifier, cpu_has_native_bf16, resolve_precision
 from streamclf.config import ModelConfig
+from streamclf.model import INT8_MIN_COSINE, ClipClassifier, cpu_has_native_bf16, resolve_precision
 
 BOUNDS = [("bf16", 0.999), ("fp16", 0.999), ("int8", 0.995)]
 
@@ -69,7 +69,7 @@ def test_bf16_runs_a_bf16_image_tower_on_the_cpu(precision, expected_dtype, tiny
     ],
 )
 def test_auto_precision_choice(requested, device, native_bf16, expected, monkeypatch):
-    monkeypatch.setattr("streamclf.classifier.cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr("streamclf.model.device.cpu_has_native_bf16", lambda: native_bf16)
     assert resolve_precision(requested, torch.device(device)) == expected
 
 
@@ -82,7 +82,7 @@ def test_int8_is_checked_against_fp32_on_the_weights_it_loads(tiny_clip_dir, tmp
     """The weights users load are not the tests' random ones: int8 measures itself at load and says so."""
     from transformers import CLIPModel
 
-    caplog.set_level(logging.INFO, logger="streamclf.classifier")
+    caplog.set_level(logging.INFO, logger="streamclf.model")
     clf = _classifier(tiny_clip_dir, "int8")
     assert clf.int8_cosine >= INT8_MIN_COSINE
     assert "precision int8: image embeddings within cosine" in caplog.text
@@ -106,11 +106,11 @@ def test_int8_is_checked_against_fp32_on_the_weights_it_loads(tiny_clip_dir, tmp
 
 
 def test_auto_says_when_it_falls_back_to_fp32(tiny_clip_dir, monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="streamclf.classifier")
-    monkeypatch.setattr("streamclf.classifier.cpu_has_native_bf16", lambda: False)
+    caplog.set_level(logging.INFO, logger="streamclf.model")
+    monkeypatch.setattr("streamclf.model.device.cpu_has_native_bf16", lambda: False)
     assert _classifier(tiny_clip_dir, "auto").precision == "fp32"
     assert "precision auto is fp32 here: this CPU has no native bf16" in caplog.text
     caplog.clear()
-    monkeypatch.setattr("streamclf.classifier.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("streamclf.model.device.cpu_has_native_bf16", lambda: True)
     assert _classifier(tiny_clip_dir, "auto").precision == "bf16"
     assert "precision auto is fp32" not in caplog.text

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamclf.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
+from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
 CPU = torch.device("cpu")
 

@@ -80,12 +80,11 @@ def test_a_full_queue_drops_the_oldest_and_a_failure_stays_local(tmp_path):
         _wait(lambda: gate, timeout=10)
         delivered.append(topic)
 
-    writer = SnapshotWriter(SnapshotConfig(), slow_publish)
-    writer.queue_size = 2
+    writer = SnapshotWriter(SnapshotConfig(), slow_publish, queue_size=2)
     writer.start()
     image = np.zeros((8, 8, 3), np.uint8)
     writer.submit(SnapshotRequest(image, "t/0", "s0"))  # taken by the thread, blocks in publish
-    _wait(lambda: not writer._pending)
+    _wait(lambda: not writer.pending)
     for i in range(1, 4):
         writer.submit(SnapshotRequest(image, f"t/{i}", f"s{i}"))
     assert writer.dropped_oldest == 1

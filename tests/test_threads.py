@@ -12,9 +12,9 @@ import torch
 
 from streamclf.batching import Batcher
 from streamclf.capture import FileCamera, LiveCamera, open_capture
-from streamclf.classifier import ClipClassifier
 from streamclf.config import CameraConfig, ModelConfig
-from streamclf.torch_threads import DEFAULT_THREADS
+from streamclf.model import ClipClassifier
+from streamclf.model.torch_threads import DEFAULT_THREADS
 from tests.conftest import wait_until
 from tests.servers import make_video
 from tests.test_capture import CountingCapture
@@ -73,7 +73,7 @@ def test_only_the_model_thread_runs_torch_with_more_than_one_thread(tiny_clip_di
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task") or DEFAULT_THREADS < 2, reason="counts Linux threads")
 def test_a_capture_threads_resize_starts_no_torch_worker_pool(tiny_clip_dir):
-    # Why it matters (streamclf/torch_threads.py): a second pool makes libgomp sleep at every barrier.
+    # Why it matters (streamclf/model/torch_threads.py): a second pool makes libgomp sleep at every barrier.
     # Counted as the OS threads that appear while the thread runs (threads left by earlier tests may end meanwhile).
     clf = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32", threads=2))
     frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from streamclf.classifier import ClipClassifier
 from streamclf.config import Config, ModelConfig
 from streamclf.entities import Frame
+from streamclf.model import ClipClassifier
 from streamclf.pipeline import Pipeline
 from streamclf.zones import Zone, ZoneCropper
 

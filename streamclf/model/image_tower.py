@@ -14,10 +14,7 @@ rearrangements that change no result beyond float rounding:
 - On the CPU, ``packed_for_cpu`` swaps every linear layer for a ``PackedLinear``: weights
   laid out once for oneDNN, quick_gelu and the residual additions fused into the multiplies.
 
-Measured for ViT-B/32 on the 2-core development CPU (bf16, batch 8, interleaved runs of one
-script): transformers' forward 37-38 images/s, this tower 39-40, packed 43-44; in fp32
-19.3 against 23.7 for the plain and packed tower. The matrix multiplies then run at about
-the CPU's measured bf16 GEMM peak, which is where the remaining time goes.
+With these, the matrix multiplies are nearly all of the tower's time.
 
 Layer norms, MLP and output-projection modules are shared with the transformers model; the
 stacked projections are new tensors. Anything that is not the standard CLIP vision layout is
@@ -74,10 +71,9 @@ def cpu_can_pack(dtype: torch.dtype) -> bool:
 class PackedLinear(nn.Module):
     """A linear layer whose weight is pre-packed in oneDNN's blocked layout, for the CPU.
 
-    An ``nn.Linear`` in eager mode has oneDNN re-lay its weight on every call; for ViT-B/32's
-    layers at batch 8 that is about a tenth of each matrix multiply (measured: 5.1 ms against
-    4.6 ms for 400x768 @ 768x3072 in bf16, same bits out). Packing once at load time is what
-    torch.compile's freezing does, without a compiler or a warm-up. ``activation`` is a
+    An ``nn.Linear`` in eager mode has oneDNN re-lay its weight on every call, a noticeable part
+    of each matrix multiply at the small batches the daemon runs (same bits out). Packing once
+    at load time is what torch.compile's freezing does, without a compiler or a warm-up. ``activation`` is a
     oneDNN post-op applied inside the multiply ("none" or "swish").
     """
 

@@ -2,8 +2,7 @@
 
 Why: the tower's forward pass is about 150 small kernels. At the batch sizes a handful of
 cameras produce (1 to 16 frames), a GPU finishes each kernel faster than Python launches the
-next, so the eager forward is bound by launches, not by the GPU (H200, fp16, batch 8: 2,123
-images/s eager against 11,389 through this module; README, Performance). A CUDA graph records
+next, so the eager forward is bound by launches, not by the GPU. A CUDA graph records
 the kernels of one forward pass for one input shape, and replays them all with one call.
 
 A graph's shapes are fixed, and the daemon's batches vary (a camera drops out, gating skips

@@ -4,10 +4,8 @@ Why: torch runs its CPU kernels on OpenMP (libgomp in the PyPI wheels). Every th
 kernel with more than one thread gets a pool of OpenMP workers of its own, and the pool lives as
 long as that thread. Once the process holds more pooled threads than there are cores, libgomp
 stops spinning between two kernels and puts its workers to sleep at every barrier instead, and
-each of the few hundred kernels of a forward pass then waits for a wake-up. Measured on a 2-core
-AMX Xeon (README, Performance): a batch of 8 through ViT-B/32 in bf16 took 49 ms on a thread with
-the only pool, and 55-58 ms with one more pool alive in the process (the model loaded on the main
-thread and run on the inference thread, as the daemon did), with 2-4 ms of system time a batch.
+each of the few hundred kernels of a forward pass then waits for a wake-up, and a forward pass
+slows down by the sum of those waits.
 
 So the daemon keeps exactly one pool: the model loads on a short-lived thread (its pool goes
 with it), the inference thread runs the model with every core it is given, and every other

@@ -1,0 +1,199 @@
+"""The classifier proper: CLIP's image and text towers on one device, scoring frames against label sets.
+
+A label's text embedding is the normalised mean of its prompts' normalised
+embeddings, computed once when the labels are set, never per frame. A frame's score
+for each of its camera's labels is softmax(logit_scale * cosine) over that camera's
+labels, which with one prompt per label equals what
+``transformers.pipeline("zero-shot-image-classification")`` returns with
+``hypothesis_template="{}"``.
+
+Loading is in ``loading``, the load-time checks of each faster path in ``checks``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from streamclf.config import ModelConfig
+from streamclf.model import torch_threads
+from streamclf.model.checks import checked_image_tower, graphed_if_equal, packed_if_equal, quantized_int8
+from streamclf.model.cuda_graphs import GraphedEncoder
+from streamclf.model.device import resolve_device, resolve_precision
+from streamclf.model.loading import load_pretrained
+from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Text embeddings of a set of labels, (n_labels, dim), L2-normalised, on the model's device."""
+
+    names: tuple[str, ...]
+    embeddings: torch.Tensor
+
+    def index(self, names: Sequence[str]) -> list[int]:
+        return [self.names.index(n) for n in names]
+
+
+class ClipClassifier:
+    """CLIP image and text towers on one device, scoring frames against label sets."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.threads = cfg.threads or torch_threads.DEFAULT_THREADS
+        self._model_thread: int | None = None  # see reserve_model_thread
+        # Serialises model calls: label updates (control messages) may come from another thread.
+        self._lock = threading.Lock()
+        # OpenCV's pool serves resize and colour conversion; its threads would compete with torch's.
+        cv2.setNumThreads(cfg.opencv_threads)
+        # On a thread of its own, whose torch worker pool ends with it (streamclf/model/torch_threads.py).
+        spec, use_device = torch_threads.in_own_thread(self._load, "model-load")
+        log.info(
+            "model %s loaded on %s, precision %s, input %dx%d, preprocessing on the %s",
+            cfg.name, self.device, self.precision, spec.crop_width, spec.crop_height,
+            "device" if use_device else "host",
+        )
+        if cfg.precision == "auto" and self.precision == "fp32" and self.device.type == "cpu":
+            log.info("precision auto is fp32 here: this CPU has no native bf16. precision: int8 is faster on such "
+                     "a CPU and is checked against fp32 when it loads")
+
+    def _load(self) -> tuple[PreprocessSpec, bool]:
+        """Load, convert and check the model (see ``__init__``); returns the preprocessing spec and where it runs."""
+        cfg = self.cfg
+        torch_threads.pin(self.threads)
+        model, self.tokenizer, spec = load_pretrained(cfg.name)
+        model.eval()
+        self.model = model.to(self.device)
+        self.image_tower = checked_image_tower(self.model)
+        self._autocast_dtype: torch.dtype | None = None
+        self.int8_cosine: float | None = None  # set when precision int8 is checked against fp32 at load
+        model_dtype = torch.float32
+        if self.precision == "bf16" or (self.precision == "fp16" and self.device.type == "cuda"):
+            # A bf16/fp16 image tower (not autocast): no casts per layer, half the weight bytes.
+            # The text tower stays fp32: it runs once per label set, where its precision is free.
+            model_dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+            self.image_tower.to(model_dtype)
+        elif self.precision == "fp16":
+            self._autocast_dtype = torch.float16  # CPUs have few fp16 kernels; autocast keeps the rest fp32
+        elif self.precision == "int8":
+            self.image_tower, self.int8_cosine = quantized_int8(self.image_tower, spec, self.device)
+        if self.device.type == "cpu" and self.precision in ("bf16", "fp32"):
+            self.image_tower = packed_if_equal(self.image_tower, cfg.batch_size)
+        self.model_dtype = model_dtype
+        use_device = cfg.preprocess == "device" or (cfg.preprocess == "auto" and self.device.type == "cuda")
+        preprocessor = DeviceBatchPreprocessor if use_device else BatchPreprocessor
+        self.preprocess = preprocessor(spec, self.device, model_dtype)
+        self.logit_scale = float(self.model.logit_scale.exp().item())
+        self._graphed: GraphedEncoder | None = None
+        if self.device.type == "cuda" and cfg.cuda_graphs:
+            row = (3, spec.crop_height, spec.crop_width)
+            self._graphed = graphed_if_equal(self._encode_eager, row, model_dtype, self.device, cfg.batch_size)
+        return spec, use_device
+
+    def reserve_model_thread(self) -> None:
+        """From now on only the thread that calls ``become_model_thread`` runs torch with ``threads``.
+
+        Every other thread that calls in (label prompts encoded on the main or the control thread)
+        runs torch with one thread, so that the process keeps a single torch worker pool (why:
+        streamclf/model/torch_threads.py). The pipeline reserves before it encodes its labels.
+        """
+        self._model_thread = 0  # no thread has ident 0
+
+    def become_model_thread(self) -> None:
+        """The calling thread runs the model from now on, with ``threads`` threads."""
+        self._model_thread = threading.get_ident()
+        torch_threads.pin(self.threads)
+
+    def _pin_caller(self) -> None:
+        owner = self._model_thread
+        torch_threads.pin(self.threads if owner is None or owner == threading.get_ident() else 1)
+
+    @property
+    def cuda_graph_buckets(self) -> tuple[int, ...]:
+        """The batch sizes replayed as CUDA graphs; empty when the model runs eagerly."""
+        return self._graphed.buckets if self._graphed is not None else ()
+
+    def _autocast(self):
+        if self._autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
+
+    @torch.inference_mode()
+    def encode_labels(self, prompts: Mapping[str, Sequence[str]]) -> LabelSet:
+        """Embed each label's prompts: normalised mean of normalised prompt embeddings (fp32)."""
+        self._pin_caller()
+        names = tuple(prompts)
+        flat = [p for n in names for p in prompts[n]]
+        tokens = self.tokenizer(flat, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        with self._lock:
+            out = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+            text = self.model.text_projection(out.pooler_output).float()
+        text = torch.nn.functional.normalize(text, dim=-1)
+        rows, start = [], 0
+        for n in names:
+            k = len(prompts[n])
+            rows.append(torch.nn.functional.normalize(text[start : start + k].mean(0), dim=-1))
+            start += k
+        return LabelSet(names, torch.stack(rows))
+
+    @property
+    def prepare_image(self) -> Callable[[np.ndarray], torch.Tensor] | None:
+        """The part of preprocessing that can run ahead, per image and in any thread (None: none can).
+
+        On the host path it is the resize and crop; ``embed_images(..., prepared=...)`` takes its results.
+        """
+        return self.preprocess.prepare
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[np.ndarray], bgr: bool = False,
+                     prepared: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """L2-normalised fp32 image embeddings (N, dim) for (H, W, 3) uint8 images of any size.
+
+        Images are RGB, or OpenCV's BGR with ``bgr=True`` (the pipeline's frames, as decoded).
+        ``prepared[i]``, where not None, is ``prepare_image(images[i])``, computed earlier.
+        """
+        self._pin_caller()
+        with self._lock:  # the preprocessor's buffers are reused: one batch at a time
+            return self._encode(self.preprocess(list(images), bgr=bgr, prepared=prepared))
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embeddings of an already preprocessed (N, 3, H, W) batch in ``model_dtype`` on the device.
+
+        The model alone, without preprocessing: what the benchmark's model-only figure measures.
+        """
+        self._pin_caller()
+        with self._lock:
+            return self._encode(pixels)
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self._graphed is not None:
+            return self._graphed(pixels)
+        return self._encode_eager(pixels)
+
+    def _encode_eager(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            emb = self.image_tower(pixels)
+        return torch.nn.functional.normalize(emb.float(), dim=-1)
+
+    @torch.inference_mode()
+    def score(self, embeddings: torch.Tensor, labels: LabelSet, subsets: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        """Softmax(logit_scale * cosine) of each embedding over its own subset of label names."""
+        cos = (embeddings @ labels.embeddings.T).cpu()
+        results = []
+        for row, names in zip(cos, subsets, strict=True):
+            idx = labels.index(names)
+            probs = torch.softmax(self.logit_scale * row[idx], dim=-1).tolist()
+            results.append(dict(zip(names, probs, strict=True)))
+        return results
