@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from streamclf.batching import Batcher, DropReason
 from streamclf.classifier import ClipClassifier
@@ -116,10 +116,8 @@ class BatchClassifier:
         if not to_run:
             return None
         # Whole frames may come prepared by their capture thread; zone crops are prepared here.
-        return self._classifier.embed_images(
-            [items[i].image for i in to_run], bgr=True,
-            prepared=[items[i].frame.model_input if items[i].zone is None else None for i in to_run],
-        )
+        prepared: list[Any] = [items[i].frame.model_input if items[i].zone is None else None for i in to_run]
+        return self._classifier.embed_images([items[i].image for i in to_run], bgr=True, prepared=prepared)
 
     def _score(self, items: list[ZonedImage], to_run: list[int], embeddings, plan: GatePlan | None,
                state: BatchState) -> list[Scores]:
