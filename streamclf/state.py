@@ -115,7 +115,7 @@ class PipelineState:
             with self._decision_lock:
                 old = self._current
                 zones = old.zones if cfg.cameras == old.cfg.cameras else ZoneCropper(cfg.cameras)
-                self._current = BatchState(cfg, label_set or old.label_set, zones, old.paused)
+                self._current = BatchState(cfg, old.label_set if label_set is None else label_set, zones, old.paused)
                 if label_set is not None and self._gate is not None:
                     self._gate.forget()  # remembered scores are over the old labels
                 replaced = self._swap_alert_settings(cfg, snapshots)
