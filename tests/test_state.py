@@ -98,7 +98,8 @@ def _classifier(state: PipelineState, model: FakeModel, seen: list[Classificatio
 def test_apply_swaps_the_config_and_keeps_what_did_not_change(state, cfg):
     state.set_paused("back", True)
     before = state.current
-    new = cfg.model_copy(update={"labels": {**cfg.labels, "car": cfg.labels["car"].model_copy(update={"threshold": 0.8})}})
+    stricter_car = cfg.labels["car"].model_copy(update={"threshold": 0.8})
+    new = cfg.model_copy(update={"labels": {**cfg.labels, "car": stricter_car}})
     assert state.apply(new, None, None, timeout_s=1.0) is None  # no snapshot writer replaced
     after = state.current
     assert after.cfg is new
