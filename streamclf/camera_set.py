@@ -11,7 +11,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from streamclf.batching import Batcher
 from streamclf.capture import Camera, CameraState, CameraStatus, FileCamera, make_camera
@@ -78,6 +78,16 @@ class CameraSet:
             cam.join(join_timeout_s)
             log.info("camera %s: stopped", name, extra={"camera": name})
         self._publish_status(CameraStatus(name, CameraState.STOPPED, "removed or restarted by a reload"))
+
+    def follow(self, old: Mapping[str, CameraConfig], new: Mapping[str, CameraConfig], restart: Sequence[str]) -> None:
+        """After a config change: stop cameras gone from ``new``, restart ``restart`` (their capture
+        settings changed), start cameras new in it."""
+        removed = [n for n in old if n not in new]
+        added = [n for n in new if n not in old]
+        for name in removed + list(restart):
+            self.remove(name)
+        for name in list(restart) + added:
+            self.add(name, new[name])
 
     def stop(self) -> None:
         """Ask every capture thread to stop; does not wait (see ``join``)."""

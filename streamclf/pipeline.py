@@ -40,8 +40,6 @@ from streamclf.zones import ZoneCropper
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pipeline", "SwapTimeout"]
-
 
 class Pipeline:
     """The running daemon. ``run()`` returns the process exit code."""
@@ -134,12 +132,7 @@ class Pipeline:
         replaced = self._state.apply(new, label_set, snapshots, timeout_s)
         if replaced is not None:
             replaced.stop(timeout_s=1.0)
-        removed = [n for n in old.cameras if n not in new.cameras]
-        added = [n for n in new.cameras if n not in old.cameras]
-        for name in removed + list(restart_cameras):
-            self._cameras.remove(name)
-        for name in list(restart_cameras) + added:
-            self._cameras.add(name, new.cameras[name])
+        self._cameras.follow(old.cameras, new.cameras, restart_cameras)
         return new
 
     def announce(self, cfg: Config) -> None:
