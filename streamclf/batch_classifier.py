@@ -80,11 +80,17 @@ class BatchClassifier:
 
     def _classify(self, batch: list[Frame], state: BatchState, started: float) -> None:
         batch = self._drop_unclassified(batch, state)
+        items = state.zones.expand(batch)  # one image per zone (or per frame), all in one model call
+        report = self._run_model(items, batch, started) if items else None
+        # Counted once their results are handed on, so a status never shows frames as classified
+        # whose detections are still to come.
         with self._counts_lock:
             self._classified.update(f.camera for f in batch)
-        items = state.zones.expand(batch)  # one image per zone (or per frame), all in one model call
-        if not items:
-            return
+        if report is not None:
+            self._observer.on_batch(report)
+
+    def _run_model(self, items: list[ZonedImage], batch: list[Frame], started: float) -> BatchReport:
+        """Gate, embed, score and hand each result to the sinks; the report of the model call."""
         plan = self._gate_plan(items)
         to_run = plan.to_run if plan else list(range(len(items)))
         with self._counts_lock:
@@ -94,8 +100,7 @@ class BatchClassifier:
             results = self._score(items, to_run, embeddings, plan, state)
             done = time.monotonic()
             self._dispatch(items, results, state.paused)
-        self._observer.on_batch(BatchReport(len(batch), done - started,
-                                            tuple(done - f.captured_monotonic for f in batch)))
+        return BatchReport(len(batch), done - started, tuple(done - f.captured_monotonic for f in batch))
 
     def _drop_unclassified(self, batch: list[Frame], state: BatchState) -> list[Frame]:
         """Frames of cameras paused at runtime (counted as drops) or removed by a reload are not classified."""
