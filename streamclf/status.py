@@ -1,9 +1,10 @@
-"""The pipeline's figures at one moment, as frozen values: what service glue, metrics, health and
-``<prefix>/stats`` read instead of the pipeline's attributes.
+"""The pipeline's figures at one moment, as frozen values: all that service glue, metrics, health
+and ``<prefix>/stats`` know of a running pipeline.
 
-``Pipeline.status()`` builds a ``PipelineStatus`` from the locked snapshots of the stages that
-keep the counts (batch classifier, cameras, batcher, alerts, publisher); nothing here counts
-anything itself. Counts are since start; times are monotonic seconds.
+``Pipeline.status()`` builds a ``PipelineStatus`` from the snapshots of the stages that keep
+the counts (batch classifier, cameras, batcher, alerts, publisher), each taken under that
+stage's own lock; nothing here counts anything itself. Counts are since start; times are
+monotonic seconds.
 """
 
 from __future__ import annotations
