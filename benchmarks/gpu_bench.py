@@ -139,7 +139,7 @@ def pipeline_streams(model_dir: Path, videos: list[Path], device: str, precision
 
     def monitor():
         while not pipeline.stop_event.is_set():
-            samples.append((time.perf_counter(), pipeline.classified))
+            samples.append((time.perf_counter(), pipeline.status().inference.frames_classified))
             time.sleep(0.1)
 
     runner = threading.Thread(target=pipeline.run, daemon=True)
@@ -151,10 +151,10 @@ def pipeline_streams(model_dir: Path, videos: list[Path], device: str, precision
     warm_until = time.perf_counter() + min(3.0, seconds / 4)  # batches fill, clocks rise
     while time.perf_counter() < warm_until:
         time.sleep(0.05)
-    t0, c0 = time.perf_counter(), pipeline.classified
+    t0, c0 = time.perf_counter(), pipeline.status().inference.frames_classified
     time.sleep(seconds)
-    t1, c1 = time.perf_counter(), pipeline.classified
-    decoded = sum(c.frames_read for c in pipeline.cameras.values())
+    t1, c1 = time.perf_counter(), pipeline.status().inference.frames_classified
+    decoded = sum(c.frames_captured for c in pipeline.status().cameras.values())
     pipeline.stop_event.set()
     runner.join(10)
     return {"streams": len(videos), "frames_per_s": (c1 - c0) / (t1 - t0), "seconds": t1 - t0,

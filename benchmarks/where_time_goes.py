@@ -122,13 +122,14 @@ def one_run(clf, cfg_dict: dict, batches_alone: int) -> dict:
         clf.preprocess = inner
     after = _model_alone(clf, batches_alone)
     alone_fps = cfg.model.batch_size / ((before + after) / 2)
-    fps = pipeline.classified / wall
+    classified = pipeline.status().inference.frames_classified
+    fps = classified / wall
     # Frames after the first batch over the time from its end to the last batch's end, as run.py's
     # (b) counts: neither start-up nor the run loop's 0.2 s ticks at the end are in it.
     steady = sum(sizes[1:]) / (starts[-1] + forward[-1] - starts[0] - forward[0]) if len(starts) > 1 else None
     cores = os.cpu_count() or 1
     return {
-        "frames": pipeline.classified, "wall_s": wall, "frames_per_s": fps,
+        "frames": classified, "wall_s": wall, "frames_per_s": fps,
         "model_alone_ms_per_batch": [before * 1e3, after * 1e3], "model_alone_images_per_s": alone_fps,
         "daemon_over_model_alone": fps / alone_fps,
         "steady_over_model_alone": steady / alone_fps if steady else None,

@@ -14,6 +14,7 @@ Topics, under ``<prefix>/<camera>``:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 
@@ -41,6 +42,14 @@ class AlertPublisher:
         self.events_published = 0
         self.published_by: Counter[tuple[str, str, str]] = Counter()  # (detection | event, camera, label): metrics
         self.state_changes_published = 0
+        # Writers are the inference thread and, between batches, control and shutdown; status readers
+        # copy under it so a snapshot never iterates a Counter that is growing.
+        self._counts_lock = threading.Lock()
+
+    def published_counts(self) -> dict[tuple[str, str, str], int]:
+        """A copy of the messages published so far by (detection | event, camera, label)."""
+        with self._counts_lock:
+            return dict(self.published_by)
 
     def publish(self, decisions: Decisions) -> None:
         p, qos = self.publisher, self.cfg.mqtt.qos
@@ -48,15 +57,21 @@ class AlertPublisher:
             now = time.time()
             for d in decisions.detections:
                 p.publish(p.topic(d.camera, "detection"), d.payload(now), qos=qos)
-                self.detections_published += 1
-                self.published_by[("detection", d.camera, d.label)] += 1
+                self._count("detection", d.camera, d.label)
         # States before events: a consumer reacting to an event finds the state already changed.
         self.publish_states(decisions.state_changes)
         for event in decisions.events:
             p.publish(p.topic(event.camera, "event"), event.payload(), qos=qos)
-            self.events_published += 1
-            self.published_by[("event", event.camera, event.label)] += 1
+            self._count("event", event.camera, event.label)
             self._snapshot(event)
+
+    def _count(self, kind: str, camera: str, label: str) -> None:
+        with self._counts_lock:
+            if kind == "detection":
+                self.detections_published += 1
+            else:
+                self.events_published += 1
+            self.published_by[(kind, camera, label)] += 1
 
     def publish_states(self, changes) -> None:
         p = self.publisher

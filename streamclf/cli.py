@@ -11,8 +11,15 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING, Callable
 
 from streamclf import __version__
+
+if TYPE_CHECKING:
+    from streamclf.model import ClipClassifier
+    from streamclf.config import ModelConfig
+
+    ClassifierFactory = Callable[[ModelConfig], ClipClassifier]
 
 log = logging.getLogger("streamclf")
 
@@ -77,20 +84,27 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def load_classifier(model_cfg: ModelConfig) -> ClipClassifier:
+    """The real model, as configured; raises ModelLoadError."""
+    from streamclf.model import ClipClassifier
+
+    return ClipClassifier(model_cfg)
+
+
+def cmd_run(args: argparse.Namespace, make_classifier: ClassifierFactory = load_classifier) -> int:
     from streamclf.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    from streamclf.model import ClipClassifier, ModelLoadError
+    from streamclf.model import ModelLoadError
     from streamclf.pipeline import Pipeline
     from streamclf.service.runtime import Service
 
     log.info("streamclf %s starting with %s", __version__, os.path.abspath(args.config))
     try:
-        classifier = ClipClassifier(cfg.model)
+        classifier = make_classifier(cfg.model)
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 2
@@ -116,11 +130,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     os._exit(rc)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, make_classifier: ClassifierFactory = load_classifier) -> int:
+    """The ``streamclf`` command; ``make_classifier`` builds the model (tests pass a fake)."""
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return cmd_check_config(args)
-    return cmd_run(args)
+    return cmd_run(args, make_classifier)
 
 
 if __name__ == "__main__":

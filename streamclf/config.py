@@ -680,6 +680,10 @@ class Config(_Model):
         cam = self.cameras[camera]
         return list(cam.labels) if cam.labels is not None else list(self.labels)
 
+    def label_prompts(self) -> dict[str, list[str]]:
+        """Label name -> the prompts its text embedding is made from, in config order."""
+        return {name: lc.prompts_for(name) for name, lc in self.labels.items()}
+
 
 class _CameraRefs(NamedTuple):
     """The names a camera refers to, all that the cross-section rules need."""

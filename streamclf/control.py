@@ -43,7 +43,8 @@ _threshold = TypeAdapter(Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)
 class ControlTarget(Protocol):
     """What runtime control needs from the running pipeline (streamclf/pipeline.py implements it)."""
 
-    cfg: Config
+    @property
+    def cfg(self) -> Config: ...
 
     def camera_enabled(self, camera: str) -> bool: ...
 

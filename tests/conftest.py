@@ -96,13 +96,15 @@ def base_config(model_dir: Path, broker, prefix: str, cameras: dict, labels: dic
 
 
 class Daemon:
-    """``python -m streamclf run`` as a subprocess, with its output captured to a file."""
+    """``python -m streamclf run`` (or another ``module`` with the same command line) as a subprocess,
+    with its output captured to a file."""
 
-    def __init__(self, config_path: Path, log_path: Path, env: dict | None = None, args: tuple = ()):
+    def __init__(self, config_path: Path, log_path: Path, env: dict | None = None, args: tuple = (),
+                 module: str = "streamclf"):
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamclf", "run", "-c", str(config_path), *args],
+            [sys.executable, "-m", module, "run", "-c", str(config_path), *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env or daemon_env(), cwd=str(REPO),
         )
 
@@ -129,13 +131,14 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(tmp_path):
-    """start_daemon(cfg_dict, env=None, args=()) -> Daemon; every daemon is killed at test end."""
+    """start_daemon(cfg_dict, env=None, args=(), module="streamclf") -> Daemon; every daemon is killed at
+    test end. ``module``: e.g. ``tests.stalling_daemon``, the daemon with a fault injected."""
     started: list[Daemon] = []
 
-    def start(cfg: dict, env: dict | None = None, args: tuple = ()) -> Daemon:
+    def start(cfg: dict, env: dict | None = None, args: tuple = (), module: str = "streamclf") -> Daemon:
         n = len(started)
         path = write_config(tmp_path / f"config{n}.yaml", cfg)
-        d = Daemon(path, tmp_path / f"daemon{n}.log", env, args)
+        d = Daemon(path, tmp_path / f"daemon{n}.log", env, args, module)
         started.append(d)
         return d
 

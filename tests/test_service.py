@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,6 +24,7 @@ from streamclf.config import ConfigError, MqttConfig, parse_config
 from streamclf.service.health import ProgressMonitor, RateMeter, evaluate_progress
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import plan_reload
+from streamclf.status import InferenceStatus
 from tests.conftest import REPO, base_config, daemon_env, write_config, wait_until
 from tests.servers import MosquittoBroker, MqttCollector, free_port, make_video, read_retained
 
@@ -153,9 +153,8 @@ def test_notifier_environment(env, enabled, interval_s):
 
 # --------------------------------------------------------------------------- progress rules
 
-def _fake_pipeline(alive=True, batch_started=None, last_progress=0.0, pending=0):
-    return SimpleNamespace(inference_alive=alive, batch_started=batch_started, last_progress=last_progress,
-                           batcher=[None] * pending, cfg=SimpleNamespace(service=SimpleNamespace(stall_timeout_s=30)))
+def _inference(alive=True, batch_started=None, last_progress=0.0, pending=0):
+    return InferenceStatus(alive=alive, batch_started=batch_started, last_progress=last_progress, queue_depth=pending)
 
 
 @pytest.mark.parametrize(
@@ -172,20 +171,18 @@ def _fake_pipeline(alive=True, batch_started=None, last_progress=0.0, pending=0)
     ],
 )
 def test_progress_rules(state, waiting_since, ok, reason):
-    p = evaluate_progress(_fake_pipeline(**state), stall_timeout_s=30, now=100.0, waiting_since=waiting_since)
+    p = evaluate_progress(_inference(**state), stall_timeout_s=30, now=100.0, waiting_since=waiting_since)
     assert p.ok is ok and reason in p.reason
 
 
 def test_progress_monitor_remembers_since_when_frames_wait():
-    pipeline = _fake_pipeline(last_progress=0.0)
-    monitor = ProgressMonitor(pipeline)
-    assert monitor.check(now=100.0).ok  # idle
-    pipeline.batcher = [None]
-    assert monitor.check(now=101.0).ok  # a frame arrives after 100 s of nothing: not a stall
-    assert monitor.check(now=120.0).ok
-    assert not monitor.check(now=131.5).ok  # ... but nobody took it for 30 s: stalled
-    pipeline.last_progress = 131.6
-    assert monitor.check(now=132.0).ok
+    monitor = ProgressMonitor()
+    assert monitor.check(_inference(last_progress=0.0), 30, now=100.0).ok  # idle
+    waiting = _inference(last_progress=0.0, pending=1)
+    assert monitor.check(waiting, 30, now=101.0).ok  # a frame arrives after 100 s of nothing: not a stall
+    assert monitor.check(waiting, 30, now=120.0).ok
+    assert not monitor.check(waiting, 30, now=131.5).ok  # ... but nobody took it for 30 s: stalled
+    assert monitor.check(_inference(last_progress=131.6, pending=1), 30, now=132.0).ok
 
 
 def test_rate_meter_counts_per_second_over_its_window():
@@ -332,7 +329,7 @@ def test_notify_ready_status_watchdog_then_a_stalled_pipeline_stops_the_pings(tm
                           service={"stall_timeout_s": 1.5})
         env = daemon_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000",
                          STREAMCLF_TEST_STALL_AFTER_BATCHES="25")
-        daemon = start_daemon(cfg, env=env)
+        daemon = start_daemon(cfg, env=env, module="tests.stalling_daemon")
         [(t_ready, ready)] = listener.wait_for("READY=1", timeout=60)
         assert "STATUS=" in ready and "camera(s) online" in ready
         listener.wait_for("STATUS=", count=2, timeout=20)  # READY's own, then a live one
@@ -349,7 +346,7 @@ def test_notify_ready_status_watchdog_then_a_stalled_pipeline_stops_the_pings(tm
         time.sleep(3)
         assert all(t <= t_stalled + 0.3 for t, _ in listener.having("WATCHDOG=1")), listener.messages[-10:]
         assert any("NOT PROGRESSING" in m for _, m in listener.having("STATUS="))
-        assert "STREAMCLF_TEST_STALL_AFTER_BATCHES" in daemon.output
+        assert "test fault: the model call stalls now" in daemon.output
         assert daemon.proc.poll() is None
 
         daemon.signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""Zones crop the right pixels, and the pipeline classifies each crop as its own image in one batch."""
+"""Zones crop the right pixels, and the batch classifier classifies each crop as its own image in one batch."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 import yaml
 
+from streamclf.alerts import AlertPublisher
+from streamclf.batch_classifier import BatchClassifier
+from streamclf.batching import Batcher
 from streamclf.config import Config, ModelConfig
+from streamclf.decisions import AlertDecider
 from streamclf.entities import Frame
 from streamclf.model import ClipClassifier
-from streamclf.pipeline import Pipeline
+from streamclf.observer import PipelineObserver
+from streamclf.publisher import MqttPublisher
+from streamclf.state import BatchState, PipelineState
 from streamclf.zones import Zone, ZoneCropper
 
 
@@ -76,13 +82,15 @@ def test_zone_cropper_expands_zoned_cameras_only(tiny_clip_dir, tmp_path):
     assert cropper.skipped_outside == 1
 
 
-def test_pipeline_classifies_each_zone_as_its_own_image_in_one_batch(tiny_clip_dir, tmp_path):
+def test_batch_classifier_classifies_each_zone_as_its_own_image_in_one_batch(tiny_clip_dir, tmp_path):
     cfg = _config(tiny_clip_dir, tmp_path, {"left": {"box": [0, 0, 0.5, 1]},
                                             "right": {"box": [160, 0, 320, 240], "coordinates": "pixels"}})
     classifier = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32"))
-    pipeline = Pipeline(cfg, classifier)
+    label_set = classifier.encode_labels(cfg.label_prompts())
+    alerts = AlertPublisher(MqttPublisher(cfg.mqtt), cfg)  # never started: the sink under test is `seen`
+    state = PipelineState(BatchState(cfg, label_set, ZoneCropper(cfg.cameras)), AlertDecider(cfg), alerts, None)
     seen = []
-    pipeline._classification_listeners = [seen.append]
+    batches = BatchClassifier(classifier, state, Batcher(4, 0.05), None, [seen.append], PipelineObserver())
     calls = []
     embed = classifier.embed_images
     classifier.embed_images = lambda images, bgr, prepared=None: calls.append(len(images)) or embed(images, bgr, prepared)
@@ -90,7 +98,7 @@ def test_pipeline_classifies_each_zone_as_its_own_image_in_one_batch(tiny_clip_d
     image = pattern()
     image[:, :160] = (200, 30, 30)  # a different scene in each half
     image[:, 160:, 2] = 220
-    pipeline._classify([Frame("zoned", image, 3, 0.3, 0.0), Frame("whole", image, 4, 0.4, 0.0)])
+    batches.classify([Frame("zoned", image, 3, 0.3, 0.0), Frame("whole", image, 4, 0.4, 0.0)])
 
     assert calls == [3]  # two zones and one whole frame, one model call
     assert [(c.camera, c.zone, c.frame_index) for c in seen] == [("zoned", "left", 3), ("zoned", "right", 3),
@@ -98,6 +106,7 @@ def test_pipeline_classifies_each_zone_as_its_own_image_in_one_batch(tiny_clip_d
     crops = [image[:, :160], image[:, 160:], image]
     for c, crop in zip(seen, crops):
         np.testing.assert_array_equal(c.image, crop)
-        alone = classifier.score(embed([crop], bgr=True), pipeline.label_set, [["red_thing", "blue_thing"]])[0]
+        alone = classifier.score(embed([crop], bgr=True), label_set, [["red_thing", "blue_thing"]])[0]
         assert c.scores == pytest.approx(alone, abs=1e-5)
     assert seen[0].scores != pytest.approx(seen[1].scores, abs=1e-6)  # the halves really differ
+    assert batches.counters().frames_classified_by_camera == {"zoned": 1, "whole": 1}

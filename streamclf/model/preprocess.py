@@ -166,7 +166,7 @@ class BatchPreprocessor:
 
         Callable from any thread: the pipeline's idle-priority capture threads do this part
         ahead of the batch, and ``__call__`` then only copies it into the staging batch. It runs
-        with one torch thread, like every thread but the model's (streamclf/torch_threads.py).
+        with one torch thread, like every thread but the model's (streamclf/model/torch_threads.py).
         """
         torch_threads.pin(1)
         return resize_and_crop(image, self.spec)

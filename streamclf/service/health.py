@@ -15,6 +15,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from streamclf.status import InferenceStatus
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -24,19 +26,20 @@ class Progress:
     reason: str
 
 
-def evaluate_progress(pipeline, stall_timeout_s: float, now: float, waiting_since: float | None) -> Progress:
-    """Judge ``pipeline`` at ``now`` (monotonic seconds); see the module docstring for the rules.
+def evaluate_progress(inference: InferenceStatus, stall_timeout_s: float, now: float,
+                      waiting_since: float | None) -> Progress:
+    """Judge the pipeline at ``now`` (monotonic seconds); see the module docstring for the rules.
 
     ``waiting_since`` is when frames were first seen waiting in the batcher without a break
     (None: none waiting), so that the first frame after a long idle spell is not a stall.
     """
-    if not pipeline.inference_alive:
+    if not inference.alive:
         return Progress(False, "the inference thread has stopped")
-    started = pipeline.batch_started
+    started = inference.batch_started
     if started is not None and now - started > stall_timeout_s:
         return Progress(False, f"a model call has been running for {now - started:.0f} s (stall_timeout_s {stall_timeout_s:g})")
-    last = pipeline.last_progress
-    pending = len(pipeline.batcher)
+    last = inference.last_progress
+    pending = inference.queue_depth
     if pending and waiting_since is not None and now - max(last, waiting_since) > stall_timeout_s:
         return Progress(False, f"{pending} frame(s) waiting and none classified for {now - max(last, waiting_since):.0f} s")
     if now - last <= stall_timeout_s:
@@ -50,19 +53,19 @@ class ProgressMonitor:
     Called every tick by the supervising thread and on each ``/healthz`` request; thread-safe.
     """
 
-    def __init__(self, pipeline):
-        self.pipeline = pipeline
+    def __init__(self) -> None:
         self._waiting_since: float | None = None
         self._lock = threading.Lock()
 
-    def check(self, now: float | None = None) -> Progress:
+    def check(self, inference: InferenceStatus, stall_timeout_s: float, now: float | None = None) -> Progress:
+        """Judge ``inference`` (a status snapshot) at ``now`` (monotonic seconds; default: the clock)."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            if len(self.pipeline.batcher) == 0:
+            if inference.queue_depth == 0:
                 self._waiting_since = None
             elif self._waiting_since is None:
                 self._waiting_since = now
-            return evaluate_progress(self.pipeline, self.pipeline.cfg.service.stall_timeout_s, now, self._waiting_since)
+            return evaluate_progress(inference, stall_timeout_s, now, self._waiting_since)
 
 
 class RateMeter:

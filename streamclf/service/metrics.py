@@ -95,7 +95,7 @@ class FiguresCollector(Collector):
 
 
 class PipelineMetrics:
-    """The registry, the collector and the histograms; ``observe_batch`` is a pipeline batch listener."""
+    """The registry, the collector and the histograms; ``observe_batch`` takes each batch's report."""
 
     def __init__(self, figures: FiguresFn, model_info: dict[str, str]):
         self.registry = CollectorRegistry(auto_describe=False)

@@ -1,13 +1,13 @@
 """Config reload (SIGHUP): apply what changed without reloading the model.
 
 ``plan_reload`` compares the running and the new config; ``apply_reload`` carries the plan
-out: only cameras whose capture settings changed are (re)started, label text embeddings
-are re-encoded only when prompts or label names changed, alerting rules (thresholds,
-hysteresis, zones, events) go to the decider, which ends the events of labels that are
-gone, Home Assistant discovery and the control state topics follow, and the MQTT publisher
-reconnects in place only when the ``mqtt`` section changed. The swap of config, label
-embeddings, zones and rules happens under the pipeline's ``swap_lock``, i.e. between two
-batches, so no batch ever sees half of each. Settings that only apply at start (model,
+out through ``Pipeline.apply`` (the same swap a runtime ``labels/set`` makes): only cameras
+whose capture settings changed are (re)started, label text embeddings are re-encoded only
+when prompts or label names changed, alerting rules (thresholds, hysteresis, zones, events)
+go to the decider, which ends the events of labels that are gone; then Home Assistant
+discovery and the control state topics follow, and the MQTT publisher reconnects in place
+only when the ``mqtt`` section changed. The swap happens between two batches, so no batch
+ever sees half of each. Settings that only apply at start (model,
 topic prefix, Home Assistant discovery) need a restart: the running values stay, and the
 log says so.
 """
@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from streamclf.config import Config
-from streamclf.snapshots import SnapshotWriter
-from streamclf.zones import ZoneCropper
+from streamclf.state import SwapTimeout
+
+if TYPE_CHECKING:
+    from streamclf.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +80,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         n for n in new.cameras
         if n in old.cameras and old.cameras[n].model_dump(exclude=scoring) != new.cameras[n].model_dump(exclude=scoring)
     )
-    prompts = lambda cfg: {n: lc.prompts_for(n) for n, lc in cfg.labels.items()}  # noqa: E731
-    reencode = prompts(old) != prompts(new)
+    reencode = old.label_prompts() != new.label_prompts()
     scoring_changed = any(
         old.cameras[n].model_dump(include=scoring) != new.cameras[n].model_dump(include=scoring)
         for n in new.cameras if n in old.cameras
@@ -104,7 +106,7 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     )
 
 
-def apply_reload(pipeline, new: Config, plan: ReloadPlan, swap_timeout_s: float = 10.0) -> Config:
+def apply_reload(pipeline: Pipeline, new: Config, plan: ReloadPlan, swap_timeout_s: float = 10.0) -> Config:
     """Apply ``plan`` to the running ``pipeline``; returns the config now in effect.
 
     Raises ReloadError, with nothing changed, when the swap cannot happen between batches
@@ -121,54 +123,13 @@ def apply_reload(pipeline, new: Config, plan: ReloadPlan, swap_timeout_s: float 
             "homeassistant": old.homeassistant,
             "mqtt": new.mqtt.model_copy(update={"topic_prefix": old.mqtt.topic_prefix}),
         })
-    # The slow parts happen before the swap, while batches keep running.
-    label_set = pipeline.classifier.encode_labels({n: lc.prompts_for(n) for n, lc in new.labels.items()}) \
-        if plan.reencode_labels else None
-    zones = ZoneCropper(new.cameras)
-    snapshots = None
-    if plan.snapshots_changed:
-        snapshots = SnapshotWriter(
-            new.events.snapshots,
-            lambda topic, jpeg: pipeline.publisher.set_retained(topic, jpeg, qos=pipeline.cfg.mqtt.qos),
-            pipeline.base_dir,
-        )
-
-    # Between two batches (swap_lock), and not while runtime control changes labels (_labels_lock).
-    if not pipeline.swap_lock.acquire(timeout=swap_timeout_s):
-        raise ReloadError(f"a batch has been running for more than {swap_timeout_s:g} s; the reload was not applied")
-    old_snapshots = None
     try:
-        with pipeline._labels_lock:
-            pipeline.cfg = new
-            if label_set is not None:
-                pipeline.label_set = label_set
-                if pipeline.gate:
-                    pipeline.gate.forget()  # remembered scores are over the old labels
-            pipeline.zones = zones
-            decisions = [pipeline.decider.update_config(new)]  # labels that are gone end their events, turn OFF
-            for name in plan.cameras_restarted:
-                if old.cameras[name].enabled != new.cameras[name].enabled:
-                    decisions.append(pipeline.decider.set_camera_enabled(name, new.cameras[name].enabled))
-            if snapshots is not None:
-                snapshots.start()
-                old_snapshots, pipeline.snapshots = pipeline.snapshots, snapshots
-            pipeline.alerts.cfg = new
-            pipeline.alerts.snapshots = pipeline.snapshots
-            for d in decisions:
-                pipeline.alerts.publish(d)
-    finally:
-        pipeline.swap_lock.release()
-    if old_snapshots is not None:
-        old_snapshots.stop(timeout_s=1.0)
-
-    for name in plan.cameras_removed + plan.cameras_restarted:
-        pipeline.remove_camera(name)
-    for name in plan.cameras_restarted + plan.cameras_added:
-        pipeline.add_camera(name, new.cameras[name])
+        pipeline.apply(new, restart_cameras=plan.cameras_restarted, swap_timeout_s=swap_timeout_s)
+    except SwapTimeout as exc:
+        raise ReloadError(f"{exc}; the reload was not applied") from None
     if plan.cameras_added or plan.cameras_removed or plan.labels_changed:
         # Home Assistant entities and the control state topics follow the cameras and labels.
-        pipeline.control.publish_state(new)
-        pipeline.discovery.announce(new)
+        pipeline.announce(new)
     if plan.mqtt_changed:
         pipeline.publisher.reconfigure(new.mqtt)
         log.info("MQTT: reconnecting to %s:%d with the new settings", new.mqtt.host, new.mqtt.port)

@@ -1,5 +1,5 @@
 """``Service``: attaches systemd notify, the watchdog, metrics, ``/healthz``, ``<prefix>/stats`` and
-SIGHUP reload to a ``Pipeline`` through its hooks.
+SIGHUP reload to a ``Pipeline``, as its observer; it reads the pipeline's frozen ``status()``.
 
 Everything periodic runs in the pipeline's supervising (main) thread, on its 0.2 s tick:
 if that thread ever hangs, the watchdog pings stop too, which is what we want. The
@@ -15,28 +15,32 @@ import threading
 import time
 
 from streamclf.config import ConfigError, load_config
+from streamclf.entities import BatchReport
+from streamclf.observer import PipelineObserver
+from streamclf.pipeline import Pipeline
 from streamclf.service.health import Progress, ProgressMonitor, RateMeter
 from streamclf.service.metrics import MetricsServer, PipelineMetrics
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import ReloadError, apply_reload, plan_reload
 from streamclf.service.stats import pipeline_figures, status_line
+from streamclf.status import PipelineStatus
 
 log = logging.getLogger(__name__)
 
 
-class Service:
+class Service(PipelineObserver):
     """Service glue for one pipeline; ``run()`` runs the pipeline and returns its exit code."""
 
     status_interval_s = 2.0  # systemd's STATUS= line: often enough for `systemctl status`, cheap
 
-    def __init__(self, pipeline, config_path: str, env: dict | None = None):
+    def __init__(self, pipeline: Pipeline, config_path: str, env: dict | None = None):
         self.pipeline = pipeline
         self.config_path = config_path
         self.notifier = SystemdNotifier(env)
         self.reload_requested = threading.Event()
         self.started_monotonic = time.monotonic()
         self.fps = RateMeter(window_s=10.0)
-        self.monitor = ProgressMonitor(pipeline)
+        self.monitor = ProgressMonitor()
         classifier = pipeline.classifier
         self.metrics = PipelineMetrics(self.figures, {
             "model": pipeline.cfg.model.name,
@@ -48,36 +52,39 @@ class Service:
         self._last_ping = self._last_status = 0.0
         self._last_stats = time.monotonic()
         self._last_status_text = ""
-        pipeline.batch_listeners.append(self.metrics.observe_batch)
-        pipeline.started_hooks.append(self._on_started)
-        pipeline.tick_hooks.append(self._tick)
-        pipeline.stopping_hooks.append(self._on_stopping)
+        pipeline.attach(self)
 
     # -- figures ------------------------------------------------------------------
 
+    def _judge(self, status: PipelineStatus) -> Progress:
+        return self.monitor.check(status.inference, status.config.service.stall_timeout_s)
+
     def progress(self) -> Progress:
-        return self.monitor.check()
+        """Is the pipeline making progress now (see ``service/health.py``)?"""
+        return self._judge(self.pipeline.status())
 
     def figures(self) -> dict:
-        """The snapshot behind /metrics, <prefix>/stats and STATUS= (thread-safe enough to call from HTTP)."""
-        return pipeline_figures(self.pipeline, self.progress(), self.fps.rate, self.started_monotonic)
+        """The snapshot behind /metrics, <prefix>/stats and STATUS= (safe to call from any thread)."""
+        status = self.pipeline.status()
+        return pipeline_figures(status, self._judge(status), self.fps.rate, self.started_monotonic)
 
     def health(self) -> tuple[bool, dict]:
         """``/healthz``: healthy when the pipeline makes progress and the broker is connected."""
-        progress = self.progress()
-        connected = self.pipeline.publisher.connected
+        status = self.pipeline.status()
+        progress = self._judge(status)
+        connected = status.mqtt.connected
         reasons = []
         if not progress.ok:
             reasons.append(f"pipeline not progressing: {progress.reason}")
         if not connected:
-            err = self.pipeline.publisher.last_error
+            err = status.mqtt.last_error
             reasons.append("MQTT broker not connected" + (f" ({err})" if err else ""))
         body = {
             "status": "ok" if not reasons else "unhealthy",
             "reasons": reasons,
             "progress": progress.reason,
             "mqtt_connected": connected,
-            "cameras": {n: c.state.value for n, c in dict(self.pipeline.cameras).items()},
+            "cameras": {n: c.state for n, c in status.cameras.items() if c.running},
         }
         return not reasons, body
 
@@ -94,13 +101,18 @@ class Service:
         """Called from the SIGHUP handler: only sets a flag; the main thread reloads on its next tick."""
         self.reload_requested.set()
 
-    def _on_started(self) -> None:
+    # -- PipelineObserver ------------------------------------------------------------
+
+    def on_batch(self, report: BatchReport) -> None:
+        self.metrics.observe_batch(report)
+
+    def on_started(self) -> None:
         self._start_server()
         f = self.figures()
         self.notifier.ready(status_line(f))
         log.info("ready: %s", status_line(f))
 
-    def _on_stopping(self) -> None:
+    def on_stopping(self) -> None:
         self.notifier.notify("STOPPING=1", "STATUS=stopping")
 
     def _start_server(self) -> None:
@@ -118,15 +130,16 @@ class Service:
             self.server.stop()
             self.server = None
 
-    # -- the tick (main thread, every 0.2 s) -----------------------------------------
+    # -- the tick (main thread, every Pipeline.tick_s) -----------------------------
 
-    def _tick(self) -> None:
+    def on_tick(self) -> None:
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             self.reload()
         now = time.monotonic()
-        self.fps.update(self.pipeline.classified, now)
-        progress = self.progress()
+        status = self.pipeline.status()
+        self.fps.update(status.inference.frames_classified, now)
+        progress = self._judge(status)
         if progress.ok != self._progress.ok:
             if progress.ok:
                 log.info("pipeline is making progress again (%s)", progress.reason)
