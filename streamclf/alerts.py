@@ -20,7 +20,7 @@ from collections import Counter
 
 from streamclf.config import Config
 from streamclf.decisions import Decisions, Event, EventType, StateChange
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 from streamclf.snapshots import SnapshotRequest, SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def state_topic_levels(camera: str, zone: str | None, label: str) -> tuple[str, 
 class AlertPublisher:
     """Publishes Decisions; counts what it sent. Called from the inference thread (and at shutdown)."""
 
-    def __init__(self, publisher: MqttPublisher, cfg: Config, snapshots: SnapshotWriter | None = None):
+    def __init__(self, publisher: MqttClient, cfg: Config, snapshots: SnapshotWriter | None = None):
         self.publisher = publisher
         self.cfg = cfg
         self.snapshots = snapshots

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 from streamclf.batching import Batcher
 from streamclf.capture import Camera, CameraState, CameraStatus, FileCamera, make_camera
 from streamclf.config import CameraConfig
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class RunningCamera:
 class CameraSet:
     """The registry of running cameras; add/remove are called from the main thread only."""
 
-    def __init__(self, publisher: MqttPublisher, batcher: Batcher, prepare_image: Callable | None,
+    def __init__(self, publisher: MqttClient, batcher: Batcher, prepare_image: Callable | None,
                  base_dir: str | None, stopping: threading.Event):
         self._publisher = publisher
         self._batcher = batcher

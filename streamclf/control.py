@@ -27,7 +27,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import Config, ConfigError, LabelConfig, format_problems, validate_config
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 from streamclf.retained import OwnedRetainedTopics
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Controller:
     def __init__(
         self,
         target: ControlTarget,
-        publisher: MqttPublisher,
+        publisher: MqttClient,
         on_labels_changed: Callable[[Config], None] | None = None,  # e.g. announce to Home Assistant again
     ):
         self._target = target

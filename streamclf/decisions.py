@@ -144,7 +144,7 @@ def _new_event_id(now: float) -> str:
     return f"{now:.6f}-{uuid.uuid4().hex[:6]}"
 
 
-class AlertDecider:
+class Decider:
     """Per (camera, zone, label) state machines over classifications; see the module docstring.
 
     Public API (all thread-safe):

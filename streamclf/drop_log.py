@@ -11,7 +11,7 @@ import time
 from typing import Callable
 
 from streamclf.batching import Batcher
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class DropLog:
     """Logs the batcher's and the publisher's drop counts when they change."""
 
-    def __init__(self, batcher: Batcher, publisher: MqttPublisher, max_queued_messages: Callable[[], int],
+    def __init__(self, batcher: Batcher, publisher: MqttClient, max_queued_messages: Callable[[], int],
                  interval_s: float = 60.0):
         self._batcher = batcher
         self._publisher = publisher

@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 
 from streamclf import __version__
 from streamclf.config import Config
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 from streamclf.retained import OwnedRetainedTopics
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def _unique(entities: list[DiscoveryEntity]) -> list[DiscoveryEntity]:
 class HomeAssistantDiscovery:
     """Announces ``discovery_entities`` retained, keeps them current, deletes the ones no longer wanted."""
 
-    def __init__(self, cfg: Config, publisher: MqttPublisher):
+    def __init__(self, cfg: Config, publisher: MqttClient):
         self.settings = cfg.homeassistant
         self.node_id = node_id(cfg.mqtt.topic_prefix)
         self._cfg = cfg

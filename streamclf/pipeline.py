@@ -25,13 +25,13 @@ from streamclf.batching import Batcher
 from streamclf.camera_set import CameraSet
 from streamclf.config import Config, LabelConfig
 from streamclf.control import Controller
-from streamclf.decisions import AlertDecider
+from streamclf.decisions import Decider
 from streamclf.drop_log import DropLog
 from streamclf.gating import ChangeGate
 from streamclf.homeassistant import HomeAssistantDiscovery
 from streamclf.model import ClipClassifier
 from streamclf.observer import ObserverGroup, PipelineObserver
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 from streamclf.sinks import DecisionSink, TopLabelSink
 from streamclf.snapshots import SnapshotWriter
 from streamclf.state import BatchState, PipelineState, SwapTimeout
@@ -55,9 +55,9 @@ class Pipeline:
             cfg.model.batch_size, cfg.model.max_batch_wait_ms / 1000.0,
             max_frame_age_by_camera={n: c.effective_max_frame_age_s for n, c in cfg.cameras.items()},
         )
-        self.publisher = MqttPublisher(cfg.mqtt)
+        self.publisher = MqttClient(cfg.mqtt)
         self._base_dir = base_dir
-        self._decider = AlertDecider(cfg, use_frame_time=True)  # deterministic for files; capture time for live
+        self._decider = Decider(cfg, use_frame_time=True)  # deterministic for files; capture time for live
         self._alerts = AlertPublisher(self.publisher, cfg, self._snapshot_writer(cfg))
         # The inference thread alone runs torch with every core; the rest use one (streamclf/model/torch_threads.py).
         classifier.reserve_model_thread()

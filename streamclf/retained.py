@@ -16,7 +16,7 @@ import logging
 import threading
 from typing import Mapping
 
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class OwnedRetainedTopics:
     """The retained topics under ``topic_filter`` that should exist now, and the removal of the rest."""
 
-    def __init__(self, publisher: MqttPublisher, topic_filter: str):
+    def __init__(self, publisher: MqttClient, topic_filter: str):
         self._publisher = publisher
         self.topic_filter = topic_filter
         self._owned: dict[str, bytes] = {}

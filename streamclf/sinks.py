@@ -4,15 +4,15 @@ snapshots to MQTT) and the camera's retained ``top_label`` topic. Both run on th
 from __future__ import annotations
 
 from streamclf.alerts import AlertPublisher
-from streamclf.decisions import AlertDecider
+from streamclf.decisions import Decider
 from streamclf.entities import Classification
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 
 
 class DecisionSink:
     """Decide (thresholds, hysteresis, events) and publish detections, states, events and snapshots."""
 
-    def __init__(self, decider: AlertDecider, alerts: AlertPublisher):
+    def __init__(self, decider: Decider, alerts: AlertPublisher):
         self._decider = decider
         self._alerts = alerts
 
@@ -23,7 +23,7 @@ class DecisionSink:
 class TopLabelSink:
     """``<prefix>/<camera>/top_label``: the best-scoring label of whole frames, retained, on change only."""
 
-    def __init__(self, publisher: MqttPublisher):
+    def __init__(self, publisher: MqttClient):
         self._publisher = publisher
         self._top_labels: dict[str, str] = {}
 

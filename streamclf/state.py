@@ -27,7 +27,7 @@ from typing import Iterator
 from streamclf.alerts import AlertPublisher
 from streamclf.model import LabelSet
 from streamclf.config import Config
-from streamclf.decisions import AlertDecider, Decisions
+from streamclf.decisions import Decider, Decisions
 from streamclf.gating import ChangeGate
 from streamclf.snapshots import SnapshotWriter
 from streamclf.zones import ZoneCropper
@@ -54,7 +54,7 @@ class BatchState:
 class PipelineState:
     """The owner of ``BatchState``, the decider's rules and the change gate's memory (see the module docstring)."""
 
-    def __init__(self, initial: BatchState, decider: AlertDecider, alerts: AlertPublisher, gate: ChangeGate | None):
+    def __init__(self, initial: BatchState, decider: Decider, alerts: AlertPublisher, gate: ChangeGate | None):
         self._current = initial
         self._decider = decider
         self._alerts = alerts

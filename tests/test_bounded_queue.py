@@ -94,12 +94,12 @@ def test_get_waits_for_an_item_and_returns_none_on_timeout_or_once_closed_and_em
 
 
 def test_the_mqtt_outage_queue_drops_the_oldest_and_counts_per_topic(caplog):
-    """MqttPublisher's queue before it ever connects: the bound, the counters and the warning it logs."""
+    """MqttClient's queue before it ever connects: the bound, the counters and the warning it logs."""
     from streamclf.config import MqttConfig
-    from streamclf.publisher import MqttPublisher
+    from streamclf.mqtt_client import MqttClient
 
-    publisher = MqttPublisher(MqttConfig(host="127.0.0.1", port=1, max_queued_messages=10))
-    with caplog.at_level(logging.WARNING, logger="streamclf.publisher"):
+    publisher = MqttClient(MqttConfig(host="127.0.0.1", port=1, max_queued_messages=10))
+    with caplog.at_level(logging.WARNING, logger="streamclf.mqtt_client"):
         for i in range(15):
             publisher.publish(f"t/{i % 3}", {"i": i})
     assert publisher.queued == 10 and publisher.dropped_overflow == 5

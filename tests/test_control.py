@@ -9,7 +9,7 @@ import pytest
 
 from streamclf.config import Config, LabelConfig, parse_config
 from streamclf.control import Controller
-from streamclf.decisions import AlertDecider
+from streamclf.decisions import Decider
 from streamclf.entities import Classification
 from streamclf.homeassistant import HomeAssistantDiscovery, discovery_entities, node_id
 from streamclf.retained import OwnedRetainedTopics
@@ -28,7 +28,7 @@ cameras:
 
 
 class FakePublisher:
-    """The parts of MqttPublisher that control and discovery use, recording what they publish."""
+    """The parts of MqttClient that control and discovery use, recording what they publish."""
 
     def __init__(self, prefix: str = "home/clf"):
         self.prefix = prefix
@@ -64,11 +64,11 @@ class FakePublisher:
 
 
 class FakePipeline:
-    """ControlTarget over a real AlertDecider; replace_labels records what it was given."""
+    """ControlTarget over a real Decider; replace_labels records what it was given."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.decider = AlertDecider(cfg)
+        self.decider = Decider(cfg)
         self.paused: set[str] = set()
 
     def camera_enabled(self, camera):
@@ -186,7 +186,7 @@ def test_state_is_echoed_after_each_change(control):
 
 def test_thresholds_are_per_camera_in_decisions():
     cfg = parse_config(CONFIG)
-    d = AlertDecider(cfg)
+    d = Decider(cfg)
     d.set_threshold("front", "car", 0.95)
     scores = {"person": 0.1, "car": 0.8, "empty": 0.1}
     assert [x.label for x in d.observe(Classification("front", 0, 0.0, 0.0, scores), now=1.0).detections] == []

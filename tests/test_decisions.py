@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from streamclf.config import Config, LabelConfig, parse_config
-from streamclf.decisions import AlertDecider, AlertRules, Decisions, EventType
+from streamclf.decisions import Decider, AlertRules, Decisions, EventType
 from streamclf.entities import Classification
 
 
@@ -28,7 +28,7 @@ def frame(score: float, camera: str = "cam", zone: str | None = None, index: int
     return Classification(camera, index, 0.0, 0.0, {"person": score, "car": 0.0, "nothing": 1.0 - score}, zone=zone)
 
 
-def trace(decider: AlertDecider, steps: list[tuple[float, float]]) -> list[str]:
+def trace(decider: Decider, steps: list[tuple[float, float]]) -> list[str]:
     """One string per step: the event types it produced, joined by '+', '' for none.
 
     Checks on the way that every state change matches its event (start <-> ON, end <-> OFF).
@@ -104,13 +104,13 @@ CASES = {
 @pytest.mark.parametrize("rules, interval_s, steps, expected", list(CASES.values()), ids=list(CASES))
 def test_state_machine(rules, interval_s, steps, expected):
     assert len(steps) == len(expected)
-    decider = AlertDecider(make_config(rules, interval_s=interval_s))
+    decider = Decider(make_config(rules, interval_s=interval_s))
     assert trace(decider, steps) == expected
 
 
 def test_event_messages_share_an_id_and_carry_scores_and_times():
     ids = iter(["ev-1", "ev-2"])
-    decider = AlertDecider(make_config({"off_delay_s": 1}, interval_s=1), new_event_id=lambda now: next(ids))
+    decider = Decider(make_config({"off_delay_s": 1}, interval_s=1), new_event_id=lambda now: next(ids))
     events = []
     for t, score in [(10, 0.6), (11, 0.9), (12, 0.7), (12.5, 0.2), (13.5, 0.3)]:
         events += decider.observe(frame(score), now=t).events
@@ -129,7 +129,7 @@ def test_event_messages_share_an_id_and_carry_scores_and_times():
 
 def test_the_injected_clock_is_used_when_no_time_is_given():
     now = [100.0]
-    decider = AlertDecider(make_config({"off_delay_s": 5}), clock=lambda: now[0])
+    decider = Decider(make_config({"off_delay_s": 5}), clock=lambda: now[0])
     assert decider.observe(frame(0.9)).events[0].start_time == 100.0
     now[0] = 101.0
     assert not decider.observe(frame(0.1)).events  # below since 101
@@ -139,7 +139,7 @@ def test_the_injected_clock_is_used_when_no_time_is_given():
 
 
 def test_zones_cameras_and_labels_have_separate_states():
-    decider = AlertDecider(make_config(camera={"zones": {"porch": {"box": [0, 0, 0.5, 1]},
+    decider = Decider(make_config(camera={"zones": {"porch": {"box": [0, 0, 0.5, 1]},
                                                          "gate": {"box": [0.5, 0, 1, 1]}}}))
     porch = decider.observe(frame(0.9, zone="porch"), now=0)
     assert [(c.camera, c.zone, c.label, c.payload) for c in porch.state_changes] == [("cam", "porch", "person", "ON")]
@@ -151,7 +151,7 @@ def test_zones_cameras_and_labels_have_separate_states():
 
 
 def test_initial_states_are_off_for_every_tracked_label_and_zone_never_background():
-    decider = AlertDecider(make_config(camera={"zones": {"porch": {"box": [0, 0, 0.5, 1]}}}), clock=lambda: 7.0)
+    decider = Decider(make_config(camera={"zones": {"porch": {"box": [0, 0, 0.5, 1]}}}), clock=lambda: 7.0)
     assert sorted((c.camera, c.zone, c.label, c.payload, c.time) for c in decider.initial_states()) == [
         ("cam", "porch", "car", "OFF", 7.0), ("cam", "porch", "person", "OFF", 7.0),
         ("other", None, "car", "OFF", 7.0), ("other", None, "person", "OFF", 7.0),
@@ -159,7 +159,7 @@ def test_initial_states_are_off_for_every_tracked_label_and_zone_never_backgroun
 
 
 def test_detections_are_every_frame_at_or_above_the_effective_threshold():
-    decider = AlertDecider(make_config({"min_consecutive": 5}, camera={"label_overrides": {"person": {"threshold": 0.8}}}))
+    decider = Decider(make_config({"min_consecutive": 5}, camera={"label_overrides": {"person": {"threshold": 0.8}}}))
     assert [d.label for d in decider.observe(frame(0.79), now=0).detections] == []
     d = decider.observe(frame(0.8), now=1)
     assert [(x.label, x.score) for x in d.detections] == [("person", 0.8)] and not d.events  # not yet ON
@@ -169,7 +169,7 @@ def test_detections_are_every_frame_at_or_above_the_effective_threshold():
 def test_per_camera_overrides_replace_only_the_fields_they_set():
     cfg = make_config({"threshold": 0.4, "min_consecutive": 3, "off_delay_s": 2, "cooldown_s": 9},
                       camera={"label_overrides": {"person": {"threshold": 0.7, "cooldown_s": 0}}})
-    decider = AlertDecider(cfg)
+    decider = Decider(cfg)
     assert decider.rules("cam", "person") == AlertRules(0.7, 3, 2, 0)
     assert decider.rules("other", "person") == AlertRules(0.4, 3, 2, 9)
     assert decider.rules("cam", "nothing") is None  # background: no rules, no state
@@ -190,7 +190,7 @@ def test_per_camera_overrides_replace_only_the_fields_they_set():
     ],
 )
 def test_set_threshold_validates_and_changes_nothing_on_error(camera, label, threshold, expected_exception):
-    decider = AlertDecider(make_config())
+    decider = Decider(make_config())
     if expected_exception is None:
         decider.set_threshold(camera, label, threshold)
         assert decider.threshold(camera, label) == threshold
@@ -202,7 +202,7 @@ def test_set_threshold_validates_and_changes_nothing_on_error(camera, label, thr
 
 
 def test_runtime_threshold_applies_from_the_next_frame():
-    decider = AlertDecider(make_config())
+    decider = Decider(make_config())
     assert decider.observe(frame(0.6), now=0).events[0].type is EventType.START
     decider.set_threshold("cam", "person", 0.8)
     assert decider.observe(frame(0.6), now=1).events[0].type is EventType.END
@@ -210,7 +210,7 @@ def test_runtime_threshold_applies_from_the_next_frame():
 
 
 def test_disabling_a_camera_ends_its_events_and_ignores_its_frames():
-    decider = AlertDecider(make_config())
+    decider = Decider(make_config())
     decider.observe(frame(0.9), now=0)
     decider.observe(frame(0.9, camera="other"), now=0)
     off = decider.set_camera_enabled("cam", False, now=5)
@@ -225,7 +225,7 @@ def test_disabling_a_camera_ends_its_events_and_ignores_its_frames():
 
 
 def test_update_labels_ends_removed_labels_and_starts_new_ones_off():
-    decider = AlertDecider(make_config())
+    decider = Decider(make_config())
     decider.observe(frame(0.9), now=0)
     decider.set_threshold("cam", "car", 0.3)
     new_labels = {"car": LabelConfig(threshold=0.6, min_consecutive=1, off_delay_s=0),
@@ -242,7 +242,7 @@ def test_update_labels_ends_removed_labels_and_starts_new_ones_off():
 
 
 def test_finish_ends_every_open_event_once():
-    decider = AlertDecider(make_config(camera={"zones": {"porch": {"box": [0, 0, 1, 1]}}}))
+    decider = Decider(make_config(camera={"zones": {"porch": {"box": [0, 0, 1, 1]}}}))
     decider.observe(frame(0.9, zone="porch"), now=0)
     decider.observe(frame(0.9, camera="other"), now=1)
     done = decider.finish(now=9)
@@ -276,7 +276,7 @@ def test_frame_time_mode_decides_on_media_time_and_never_runs_backwards():
         "cameras: {cam: {source: x.mp4}}\n",
         env={},
     )
-    d = AlertDecider(cfg, clock=lambda: 1e9, use_frame_time=True)
+    d = Decider(cfg, clock=lambda: 1e9, use_frame_time=True)
 
     def at(t: float, score: float):
         return d.observe(Classification("cam", int(t * 10), t, 0.0, {"car": score, "bg": 1 - score}))

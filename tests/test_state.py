@@ -12,7 +12,7 @@ from streamclf.alerts import AlertPublisher
 from streamclf.batch_classifier import BatchClassifier
 from streamclf.batching import Batcher
 from streamclf.config import Config, parse_config
-from streamclf.decisions import AlertDecider
+from streamclf.decisions import Decider
 from streamclf.entities import BatchReport, Classification, Frame
 from streamclf.observer import ObserverGroup, PipelineObserver
 from streamclf.state import BatchState, PipelineState, SwapTimeout
@@ -32,7 +32,7 @@ events: {snapshots: {enabled: false}}
 
 
 class RecordingPublisher:
-    """The parts of MqttPublisher that alerts use."""
+    """The parts of MqttClient that alerts use."""
 
     def __init__(self) -> None:
         self.retained: dict[str, object] = {}
@@ -85,7 +85,7 @@ def cfg() -> Config:
 @pytest.fixture
 def state(cfg) -> PipelineState:
     alerts = AlertPublisher(RecordingPublisher(), cfg)  # type: ignore[arg-type]
-    return PipelineState(BatchState(cfg, "labels-v1", ZoneCropper(cfg.cameras)), AlertDecider(cfg), alerts, None)
+    return PipelineState(BatchState(cfg, "labels-v1", ZoneCropper(cfg.cameras)), Decider(cfg), alerts, None)
 
 
 def _classifier(state: PipelineState, model: FakeModel, seen: list[Classification], batcher: Batcher,

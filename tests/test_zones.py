@@ -10,11 +10,11 @@ from streamclf.alerts import AlertPublisher
 from streamclf.batch_classifier import BatchClassifier
 from streamclf.batching import Batcher
 from streamclf.config import Config, ModelConfig
-from streamclf.decisions import AlertDecider
+from streamclf.decisions import Decider
 from streamclf.entities import Frame
 from streamclf.model import ClipClassifier
 from streamclf.observer import PipelineObserver
-from streamclf.publisher import MqttPublisher
+from streamclf.mqtt_client import MqttClient
 from streamclf.state import BatchState, PipelineState
 from streamclf.zones import Zone, ZoneCropper
 
@@ -87,8 +87,8 @@ def test_batch_classifier_classifies_each_zone_as_its_own_image_in_one_batch(tin
                                             "right": {"box": [160, 0, 320, 240], "coordinates": "pixels"}})
     classifier = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32"))
     label_set = classifier.encode_labels(cfg.label_prompts())
-    alerts = AlertPublisher(MqttPublisher(cfg.mqtt), cfg)  # never started: the sink under test is `seen`
-    state = PipelineState(BatchState(cfg, label_set, ZoneCropper(cfg.cameras)), AlertDecider(cfg), alerts, None)
+    alerts = AlertPublisher(MqttClient(cfg.mqtt), cfg)  # never started: the sink under test is `seen`
+    state = PipelineState(BatchState(cfg, label_set, ZoneCropper(cfg.cameras)), Decider(cfg), alerts, None)
     seen = []
     batches = BatchClassifier(classifier, state, Batcher(4, 0.05), None, [seen.append], PipelineObserver())
     calls = []

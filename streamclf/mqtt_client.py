@@ -42,7 +42,7 @@ class OutgoingMessage:
 MessageHandler = Callable[[str, bytes], None]
 
 
-class MqttPublisher:
+class MqttClient:
     """The daemon's one MQTT connection: publish, subscribe, availability, bounded outage queue."""
 
     inflight_window = 64
