@@ -75,7 +75,7 @@ class Pipeline:
         self._labels_lock = threading.Lock()
         self._paused_cameras: set[str] = set()
         self._top_labels: dict[str, str] = {}
-        self.discovery = HomeAssistantDiscovery(cfg, self.publisher)
+        self.discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=f"{classifier.device}, {classifier.precision}")
         self.control = Controller(self, self.publisher, on_labels_changed=self.discovery.announce)
         # Service glue (streamclf/service) reads these counters and hooks in here; the pipeline
         # itself never imports it.
@@ -214,6 +214,7 @@ class Pipeline:
     def _publish_detections(self, c: Classification) -> None:
         """Decide (thresholds, hysteresis, events) and publish detections, states, events, snapshots."""
         self.alerts.publish(self.decider.observe(c))
+        self.alerts.publish_scores(c)
 
     @property
     def detections_published(self) -> int:
