@@ -117,8 +117,8 @@ def test_discovery_is_announced_resent_on_birth_and_follows_the_config(tmp_path,
             collector.wait_for(lambda m: read_retained(broker.host, broker.port, topic) == available, timeout=30)
         # Label attributes come with the events, scores with the classifications (rate-limited).
         collector.wait_for(lambda m: any(t == f"{prefix}/drive/red_thing/score" for t, _, _ in m), timeout=30)
-        attributes = collector.wait_for(
-            lambda m: [json.loads(p) for t, p, _ in m if t == f"{prefix}/drive/red_thing/attributes"], timeout=30)
+        collector.wait_for(lambda m: any(t == f"{prefix}/drive/red_thing/attributes" for t, _, _ in m), timeout=30)
+        attributes = collector.json_messages(f"{prefix}/drive/red_thing/attributes")
         assert attributes[-1]["event_id"] and 0 <= attributes[-1]["score"] <= 1
         top = configs[f"{ha}/sensor/{node}/porch_top_label/config"]
         assert top["state_topic"] == f"{prefix}/porch/top_label"
