@@ -314,6 +314,15 @@ class ModelConfig(_Model):
         return v
 
 
+# Home Assistant's binary_sensor device classes (homeassistant.components.binary_sensor.BinarySensorDeviceClass);
+# tests/test_homeassistant_schemas.py checks this list against the installed Home Assistant.
+BinarySensorDeviceClass = Literal[
+    "battery", "battery_charging", "carbon_monoxide", "cold", "connectivity", "door", "garage_door", "gas", "heat",
+    "light", "lock", "moisture", "motion", "moving", "occupancy", "opening", "plug", "power", "presence", "problem",
+    "running", "safety", "smoke", "sound", "tamper", "update", "vibration", "window",
+]
+
+
 class LabelConfig(_Model):
     """How to recognise one label; a label written with an empty body takes every default."""
 
@@ -334,6 +343,17 @@ class LabelConfig(_Model):
         0.0, ge=0, le=86_400,
         description="Least seconds (0..86400) between two starts of the label (per camera and zone).",
     )
+    device_class: BinarySensorDeviceClass | None = Field(
+        None, description="Home Assistant binary_sensor device class of the label's entities (occupancy, motion, ...)."
+    )
+    icon: str | None = Field(None, description="Home Assistant icon of the label's entities, mdi:<name>.")
+
+    @field_validator("icon")
+    @classmethod
+    def _icon(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"mdi:[a-z0-9]+(-[a-z0-9]+)*", v):
+            raise ValueError("must be a Material Design icon name like mdi:account")
+        return v
 
     @field_validator("prompts")
     @classmethod
@@ -413,6 +433,10 @@ class CameraConfig(_Model):
     source: Union[int, str] = Field(
         description="Video file path; rtsp://, rtsps://, http:// or https:// URL (TLS certificates are checked "
         "against the system's CA store; SSL_CERT_FILE names another); or webcam index 0..99."
+    )
+    name: str | None = Field(
+        None, min_length=1, max_length=100, description="Friendly name (Home Assistant device name); default: the key made readable, "
+        "front_gate -> Front gate."
     )
     fps: float = Field(2.0, gt=0, le=120, description="Frames classified per second of video.")
     labels: list[str] | None = Field(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Callable, Mapping
 
@@ -93,10 +93,11 @@ class Event:
     start_time: float
     end_time: float | None
     classification: Classification | None = field(default=None, repr=False, compare=False)
+    reason: str | None = None  # why an ``end`` came other than by the score, e.g. ``camera_offline``
 
     def payload(self) -> dict:
-        """The JSON body published on ``<prefix>/<camera>/event``."""
-        return {
+        """The JSON body published on ``<prefix>/<camera>/event``; ``reason`` only on ends that have one."""
+        body = {
             "type": self.type.value,
             "id": self.id,
             "camera": self.camera,
@@ -107,6 +108,9 @@ class Event:
             "start_time": round(self.start_time, 3),
             "end_time": None if self.end_time is None else round(self.end_time, 3),
         }
+        if self.reason is not None:
+            body["reason"] = self.reason
+        return body
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,8 @@ class Decider:
     - ``set_camera_enabled(camera, enabled, now=None) -> Decisions``: disabling ends its events.
     - ``update_config(cfg, now=None) -> Decisions`` / ``update_labels(labels, now=None)``: new labels;
       states of removed labels end (OFF), new ones start OFF.
+    - ``end_silent_camera(camera, silent_for_s, reason) -> Decisions``: a camera without frames (offline)
+      ends its events once their ``off_delay_s`` has passed.
     - ``finish(now=None) -> Decisions``: end every open event (shutdown).
     """
 
@@ -398,6 +404,26 @@ class Decider:
                     changes.append(StateChange(*key, False, t))
                     events.append(self._end(key, st, t, None))
         return Decisions((), tuple(changes), tuple(events))
+
+    def end_silent_camera(self, camera: str, silent_for_s: float, reason: str = "camera_offline") -> Decisions:
+        """End the open events of ``camera`` once it has delivered no frame for their label's ``off_delay_s``.
+
+        ``silent_for_s`` is how long (seconds) the camera has been without frames, e.g. offline. Each
+        open event whose ``off_delay_s`` has passed ends (state OFF) with ``reason`` in its ``end``;
+        its end time is the camera's last decision time plus ``off_delay_s``, so an outage never reads
+        as a detection that lasted through it. Calling it again ends nothing twice. Thread-safe.
+        """
+        with self._lock:
+            last = self._camera_time.get(camera)  # its newest classification's time: open events imply one
+            changes, events = [], []
+            for key, st in self._states.items():
+                rules = self._rules.get((key[0], key[2]))
+                if key[0] != camera or not st.on or last is None or rules is None or silent_for_s < rules.off_delay_s:
+                    continue
+                end = last + rules.off_delay_s
+                changes.append(StateChange(*key, False, end))
+                events.append(replace(self._end(key, st, end, None), reason=reason))
+            return Decisions((), tuple(changes), tuple(events))
 
     def finish(self, now: float | None = None) -> Decisions:
         """End every open event and turn its label OFF (at shutdown: every start gets its end)."""

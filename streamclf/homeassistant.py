@@ -1,18 +1,31 @@
-"""Home Assistant MQTT discovery: every camera appears as a device with its entities.
+"""Home Assistant MQTT discovery: the daemon is a hub device, every camera a device linked to it.
 
-Per camera (one device, ``identifiers`` ``<node_id>_<camera>``):
+The hub (``identifiers`` ``<node_id>``; model, device and precision in ``model``/``hw_version``):
 
-- a ``binary_sensor`` per published (non-background) label, state ``<prefix>/<camera>/<label>``
-  ``ON``/``OFF``, and per zone and label ``<prefix>/<camera>/<zone>/<label>`` when the camera has zones;
-- a ``sensor`` with the top-scoring label, state ``<prefix>/<camera>/top_label``;
-- a ``binary_sensor`` (device class ``connectivity``) for the stream, state ``<prefix>/<camera>/status``;
+- a ``binary_sensor`` (``connectivity``) on ``<prefix>/available``;
+- when ``service.stats_interval_s`` > 0, ``sensor``s read from the ``<prefix>/stats`` JSON: classified
+  frames/s, frames dropped, MQTT messages queued and dropped.
+
+Per camera (``identifiers`` ``<node_id>_<camera>``, ``via_device`` the hub, named ``cameras.<name>.name``):
+
+- per published (non-background) label, and per zone and label when the camera has zones: a
+  ``binary_sensor`` on ``<prefix>/<camera>[/<zone>]/<label>`` (``ON``/``OFF``) whose attributes come
+  from ``.../<label>/attributes`` (score, top score, event id, since; see streamclf/alerts.py), a
+  ``sensor`` on ``.../<label>/score`` (disabled by default: see ``_label_entities``), and, when
+  snapshots go to MQTT, an ``image`` on ``.../<label>/snapshot``;
+- an ``event`` on ``<prefix>/<camera>/event`` (per zone when the camera has zones), event types
+  ``start``/``update``/``end`` with label, zone, scores, event id and times as attributes;
+- a ``sensor`` (``enum``) with the top-scoring label on ``<prefix>/<camera>/top_label``;
+- a ``binary_sensor`` (``connectivity``) for the stream on ``<prefix>/<camera>/status``;
 - a ``switch`` for runtime enable/disable and a ``number`` per label for its threshold (both
   ``entity_category: config``, served by streamclf/control.py).
 
-Label entities need both ``<prefix>/available`` and ``<prefix>/<camera>/status`` to say
-``online`` (``availability_mode: all``). The stream and control entities only need the daemon:
-a stream sensor that goes unavailable exactly when the stream is down could never show ``off``,
-and a camera can be switched off while its stream is down.
+Label, score and top-label entities need ``<prefix>/available`` and ``<prefix>/<camera>/status`` to
+say ``online`` and ``<prefix>/<camera>/enabled/state`` to say ``ON`` (``availability_mode: all``): a
+paused or offline camera reads ``unavailable``, not a confident ``off``. The other entities only need
+the daemon: a stream sensor that goes unavailable exactly when the stream is down could never show
+``off``, and a camera can be switched back on, and its last snapshot and events looked at, while it is
+paused.
 
 Topics are ``<discovery_prefix>/<component>/<node_id>/<object_id>/config`` with
 ``node_id = streamclf_<topic_prefix>`` so that one subscription,
@@ -20,13 +33,16 @@ Topics are ``<discovery_prefix>/<component>/<node_id>/<object_id>/config`` with
 before: whatever is retained there and not announced now is deleted (streamclf/retained.py), which
 is how a camera or label removed from the config loses its entities. Configs are retained, sent
 again on every reconnect and whenever Home Assistant's birth message (``online`` on
-``<discovery_prefix>/status``) says it has (re)started.
+``<discovery_prefix>/status``) says it has (re)started. Payloads carry no ``object_id`` (Home
+Assistant derives entity ids from device and entity names) and entity names never repeat the device
+name; docs/home-assistant.md lists the Home Assistant versions they were checked against.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -48,7 +64,7 @@ def node_id(topic_prefix: str) -> str:
 class DiscoveryEntity:
     """One Home Assistant entity: where its config goes and what it says."""
 
-    component: str  # binary_sensor, sensor, switch, number
+    component: str  # binary_sensor, sensor, switch, number, image, event
     object_id: str
     config: Mapping[str, Any]
 
@@ -56,63 +72,151 @@ class DiscoveryEntity:
         return f"{discovery_prefix}/{self.component}/{node}/{self.object_id}/config"
 
 
-def _title(name: str) -> str:
-    return name.replace("_", " ")
+def readable(key: str) -> str:
+    """A config key as a name: ``front_gate`` -> ``Front gate`` (sentence case, as Home Assistant names)."""
+    text = key.replace("_", " ").strip() or key
+    return text[0].upper() + text[1:]
 
 
-def discovery_entities(cfg: Config, zones: Mapping[str, Sequence[str]] | None = None) -> list[DiscoveryEntity]:
-    """Every entity of every camera in ``cfg``; ``zones`` maps a camera to its zone names (none by default)."""
-    prefix = cfg.mqtt.topic_prefix
-    node = node_id(prefix)
-    daemon_available = {"topic": f"{prefix}/available", "payload_available": "online", "payload_not_available": "offline"}
-    origin = {"name": "streamclf", "sw_version": __version__}
-    entities: list[DiscoveryEntity] = []
-    for camera in cfg.cameras:
-        camera_available = {**daemon_available, "topic": f"{prefix}/{camera}/status"}
-        common = {
-            "device": {
-                "identifiers": [f"{node}_{camera}"],
-                "name": camera,
-                "manufacturer": "streamclf",
-                "model": "CLIP zero-shot classifier",
-                "sw_version": __version__,
-            },
-            "origin": origin,
-            "qos": 1,
+_DAEMON_ONLINE = {"payload_available": "online", "payload_not_available": "offline"}
+# The event message as Home Assistant's event entity wants it: ``event_type`` plus attributes. Messages of
+# other zones (or of zones, for the whole-frame entity) render empty, which Home Assistant skips.
+_EVENT_FIELDS = ("'event_type': value_json.type, 'label': value_json.label, 'zone': value_json.zone, "
+                 "'score': value_json.score, 'top_score': value_json.top_score, 'event_id': value_json.id, "
+                 "'start_time': value_json.start_time, 'end_time': value_json.end_time, "
+                 "'end_reason': value_json.get('reason')")
+_STATS = {  # object id suffix -> (name, value template over <prefix>/stats, extra config)
+    "classified_fps": ("Classified frames per second", "{{ value_json.classified_fps }}",
+                       {"unit_of_measurement": "frames/s", "state_class": "measurement", "icon": "mdi:speedometer"}),
+    "frames_dropped": ("Frames dropped",
+                       "{% set ns = namespace(n=0) %}{% for c in value_json.cameras.values() %}"
+                       "{% set ns.n = ns.n + (c.frames_dropped.values() | sum) %}{% endfor %}{{ ns.n }}",
+                       {"state_class": "total_increasing", "icon": "mdi:image-off", "entity_category": "diagnostic"}),
+    "mqtt_queued": ("MQTT messages queued", "{{ value_json.mqtt.queued_messages }}",
+                    {"state_class": "measurement", "icon": "mdi:tray-full", "entity_category": "diagnostic"}),
+    "mqtt_dropped": ("MQTT messages dropped", "{{ value_json.mqtt.dropped_messages }}",
+                     {"state_class": "total_increasing", "icon": "mdi:tray-remove", "entity_category": "diagnostic"}),
+}
+
+
+def event_template(zone: str | None) -> str:
+    """The event entity's ``value_template`` for the whole frame (``zone`` None) or one zone."""
+    match = "value_json.zone is none" if zone is None else f"value_json.zone == '{zone}'"
+    return "{% if " + match + " %}{{ {" + _EVENT_FIELDS + "} | tojson }}{% endif %}"
+
+
+class _Entities:
+    """Collects the entities of one config; ``add`` fills in unique_id, device, origin and availability."""
+
+    def __init__(self, cfg: Config, hardware: str | None):
+        self.cfg = cfg
+        self.prefix = cfg.mqtt.topic_prefix
+        self.node = node_id(self.prefix)
+        self.daemon_available = [{"topic": f"{self.prefix}/available", **_DAEMON_ONLINE}]
+        self.origin = {"name": "streamclf", "sw_version": __version__}
+        self.hub = {
+            "identifiers": [self.node],
+            "name": "streamclf" if self.prefix == "streamclf" else f"streamclf {self.prefix}",
+            "manufacturer": "streamclf",
+            "model": cfg.model.name,
+            "sw_version": __version__,
+            **({"hw_version": hardware} if hardware else {}),
         }
-        label_common = {**common, "availability": [daemon_available, camera_available], "availability_mode": "all"}
-        daemon_common = {**common, "availability": [daemon_available]}
+        self.items: list[DiscoveryEntity] = []
 
-        def add(component: str, object_id: str, base: dict, **config: Any) -> None:
-            entities.append(DiscoveryEntity(
-                component, object_id, {**config, "unique_id": f"{node}_{object_id}", **base}
-            ))
+    def add(self, component: str, object_id: str, device: dict, availability: list | None, **config: Any) -> None:
+        base = {"unique_id": f"{self.node}_{object_id}", "device": device, "origin": self.origin, "qos": 1}
+        if availability:
+            base["availability"] = availability
+            if len(availability) > 1:
+                base["availability_mode"] = "all"
+        self.items.append(DiscoveryEntity(component, object_id, {**config, **base}))
 
-        published = [n for n in cfg.labels_for(camera) if not cfg.labels[n].background]
+
+def discovery_entities(cfg: Config, zones: Mapping[str, Sequence[str]] | None = None,
+                       hardware: str | None = None) -> list[DiscoveryEntity]:
+    """Every entity of the hub and of every camera in ``cfg``.
+
+    ``zones`` maps a camera to its zone names (default: the config's); ``hardware`` (e.g. ``cpu, fp32``:
+    the model's device and precision) becomes the hub's ``hw_version``.
+    """
+    out = _Entities(cfg, hardware)
+    _hub_entities(out)
+    for camera in cfg.cameras:
         # A camera with zones is classified only in its zones: it has zone states, no whole-frame state.
         zone_names = list((zones or {}).get(camera, ())) or list(cfg.cameras[camera].zones)
-        for label in published:
-            if not zone_names:
-                add("binary_sensor", f"{camera}_label_{label}", label_common, name=_title(label),
-                    state_topic=f"{prefix}/{camera}/{label}", payload_on="ON", payload_off="OFF")
-            for zone in zone_names:
-                add("binary_sensor", f"{camera}_zone_{zone}_label_{label}", label_common,
-                    name=f"{_title(zone)} {_title(label)}", state_topic=f"{prefix}/{camera}/{zone}/{label}",
-                    payload_on="ON", payload_off="OFF")
-            add("number", f"{camera}_threshold_{label}", daemon_common, name=f"{_title(label)} threshold",
-                command_topic=f"{prefix}/{camera}/{label}/threshold/set",
+        _camera_entities(out, camera, zone_names)
+    return _unique(out.items)
+
+
+def _hub_entities(out: _Entities) -> None:
+    out.add("binary_sensor", "hub_online", out.hub, None, name="Online", device_class="connectivity",
+            state_topic=f"{out.prefix}/available", payload_on="online", payload_off="offline",
+            entity_category="diagnostic")
+    interval_s = out.cfg.service.stats_interval_s
+    if not interval_s:
+        return
+    for suffix, (name, template, extra) in _STATS.items():
+        # expire_after: a daemon whose MQTT connection lives on but whose main loop hangs stops sending stats.
+        out.add("sensor", f"hub_{suffix}", out.hub, out.daemon_available, name=name, state_topic=f"{out.prefix}/stats",
+                value_template=template, expire_after=max(1, math.ceil(3 * interval_s)), **extra)
+
+
+def _camera_entities(out: _Entities, camera: str, zone_names: list[str]) -> None:
+    cfg, prefix = out.cfg, out.prefix
+    device = {
+        "identifiers": [f"{out.node}_{camera}"],
+        "name": cfg.cameras[camera].name or readable(camera),
+        "manufacturer": "streamclf",
+        "model": "CLIP zero-shot classifier",
+        "sw_version": __version__,
+        "via_device": out.node,
+    }
+    honest = out.daemon_available + [
+        {"topic": f"{prefix}/{camera}/status", **_DAEMON_ONLINE},
+        {"topic": f"{prefix}/{camera}/enabled/state", "payload_available": "ON", "payload_not_available": "OFF"},
+    ]
+    published = [n for n in cfg.labels_for(camera) if not cfg.labels[n].background]
+    for label in published:
+        for zone in zone_names or [None]:
+            _label_entities(out, camera, zone, label, device, honest)
+        out.add("number", f"{camera}_threshold_{label}", device, out.daemon_available,
+                name=f"{readable(label)} threshold", command_topic=f"{prefix}/{camera}/{label}/threshold/set",
                 state_topic=f"{prefix}/{camera}/{label}/threshold/state",
                 min=0.0, max=1.0, step=0.01, mode="slider", entity_category="config", icon="mdi:tune")
-        if not zone_names:  # top_label is published for whole-frame classifications only
-            add("sensor", f"{camera}_top_label", label_common, name="Top label",
-                state_topic=f"{prefix}/{camera}/top_label", icon="mdi:tag-search")
-        add("binary_sensor", f"{camera}_stream", daemon_common, name="Stream", device_class="connectivity",
-            state_topic=f"{prefix}/{camera}/status", payload_on="online", payload_off="offline",
-            entity_category="diagnostic")
-        add("switch", f"{camera}_enabled", daemon_common, name="Classification",
+    for zone in zone_names or [None]:
+        out.add("event", f"{camera}_event" if zone is None else f"{camera}_zone_{zone}_event", device,
+                out.daemon_available, name="Event" if zone is None else f"{readable(zone)} event",
+                state_topic=f"{prefix}/{camera}/event", event_types=["start", "update", "end"],
+                value_template=event_template(zone), icon="mdi:motion-sensor")
+    if not zone_names:  # top_label is published for whole-frame classifications only
+        out.add("sensor", f"{camera}_top_label", device, honest, name="Top label",
+                state_topic=f"{prefix}/{camera}/top_label", device_class="enum",
+                options=list(cfg.labels_for(camera)), icon="mdi:tag-search")
+    out.add("binary_sensor", f"{camera}_stream", device, out.daemon_available, name="Stream",
+            device_class="connectivity", state_topic=f"{prefix}/{camera}/status", payload_on="online",
+            payload_off="offline", entity_category="diagnostic")
+    out.add("switch", f"{camera}_enabled", device, out.daemon_available, name="Classification",
             command_topic=f"{prefix}/{camera}/enabled/set", state_topic=f"{prefix}/{camera}/enabled/state",
             payload_on="ON", payload_off="OFF", entity_category="config", icon="mdi:cctv")
-    return _unique(entities)
+
+
+def _label_entities(out: _Entities, camera: str, zone: str | None, label: str, device: dict, honest: list) -> None:
+    lc = out.cfg.labels[label]
+    where = f"{out.prefix}/{camera}" if zone is None else f"{out.prefix}/{camera}/{zone}"
+    stem = f"{camera}_" if zone is None else f"{camera}_zone_{zone}_"
+    name = readable(label) if zone is None else f"{readable(zone)} {label.replace('_', ' ')}"
+    look = {k: v for k, v in (("device_class", lc.device_class), ("icon", lc.icon)) if v}
+    out.add("binary_sensor", f"{stem}label_{label}", device, honest, name=name, state_topic=f"{where}/{label}",
+            payload_on="ON", payload_off="OFF", json_attributes_topic=f"{where}/{label}/attributes", **look)
+    # Off by default: it changes with every score message (up to one a second per label), and each change
+    # is a row in Home Assistant's recorder; enable it while tuning a threshold.
+    out.add("sensor", f"{stem}score_{label}", device, honest, name=f"{name} score",
+            state_topic=f"{where}/{label}/score", state_class="measurement", suggested_display_precision=2,
+            enabled_by_default=False, icon="mdi:percent-circle")
+    if out.cfg.events.snapshots.enabled and out.cfg.events.snapshots.mqtt:
+        out.add("image", f"{stem}snapshot_{label}", device, out.daemon_available,
+                name=f"{name} snapshot", image_topic=f"{where}/{label}/snapshot", content_type="image/jpeg")
 
 
 def _unique(entities: list[DiscoveryEntity]) -> list[DiscoveryEntity]:
@@ -131,8 +235,10 @@ def _unique(entities: list[DiscoveryEntity]) -> list[DiscoveryEntity]:
 class HomeAssistantDiscovery:
     """Announces ``discovery_entities`` retained, keeps them current, deletes the ones no longer wanted."""
 
-    def __init__(self, cfg: Config, publisher: MqttClient):
+    def __init__(self, cfg: Config, publisher: MqttClient, hardware: str | None = None):
+        """``hardware``: the model's device and precision (e.g. ``cuda:0, fp16``), shown on the hub device."""
         self.settings = cfg.homeassistant
+        self.hardware = hardware
         self.node_id = node_id(cfg.mqtt.topic_prefix)
         self._cfg = cfg
         self._publisher = publisher
@@ -152,7 +258,7 @@ class HomeAssistantDiscovery:
         With ``homeassistant.enabled: false`` nothing is announced, so everything announced before is deleted.
         """
         self._cfg = cfg
-        entities = discovery_entities(cfg, zones) if self.settings.enabled else []
+        entities = discovery_entities(cfg, zones, self.hardware) if self.settings.enabled else []
         prefix = self.settings.discovery_prefix
         self._configs.replace({
             e.topic(prefix, self.node_id): json.dumps(e.config, separators=(",", ":")) for e in entities

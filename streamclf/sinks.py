@@ -10,7 +10,8 @@ from streamclf.mqtt_client import MqttClient
 
 
 class DecisionSink:
-    """Decide (thresholds, hysteresis, events) and publish detections, states, events and snapshots."""
+    """Decide (thresholds, hysteresis, events) and publish detections, states, events and snapshots;
+    the label scores go out too, rate-limited by ``AlertPublisher.publish_scores``."""
 
     def __init__(self, decider: Decider, alerts: AlertPublisher):
         self._decider = decider
@@ -18,6 +19,7 @@ class DecisionSink:
 
     def __call__(self, c: Classification) -> None:
         self._alerts.publish(self._decider.observe(c))
+        self._alerts.publish_scores(c)
 
 
 class TopLabelSink:

@@ -110,7 +110,8 @@ def test_initial_state_is_published_from_the_config(control):
     assert "home/clf/back/person/threshold/state" not in r  # not one of back's labels
     assert "home/clf/front/empty/threshold/state" not in r  # background: never published, no threshold
     assert json.loads(r["home/clf/labels/state"])["car"] == {"prompts": ["a car"], "threshold": 0.7, "background": False,
-                                                           "min_consecutive": 2, "off_delay_s": 5.0, "cooldown_s": 0.0}
+                                                           "min_consecutive": 2, "off_delay_s": 5.0, "cooldown_s": 0.0,
+                                                               "device_class": None, "icon": None}
 
 
 @pytest.mark.parametrize(
@@ -204,8 +205,9 @@ def test_discovery_entities_describe_each_camera():
     assert person["unique_id"] == "streamclf_home_clf_front_label_person"
     assert person["state_topic"] == "home/clf/front/person"
     assert (person["payload_on"], person["payload_off"]) == ("ON", "OFF")
-    assert person["device"]["identifiers"] == ["streamclf_home_clf_front"] and person["device"]["name"] == "front"
-    assert [a["topic"] for a in person["availability"]] == ["home/clf/available", "home/clf/front/status"]
+    assert person["device"]["identifiers"] == ["streamclf_home_clf_front"] and person["device"]["name"] == "Front"
+    assert [a["topic"] for a in person["availability"]] == [
+        "home/clf/available", "home/clf/front/status", "home/clf/front/enabled/state"]
     assert person["availability_mode"] == "all"
     # A camera with zones is classified only in its zones: zone sensors replace the whole-frame ones.
     zoned = {(e.component, e.object_id): e for e in discovery_entities(cfg, zones={"front": ["porch"]})}

@@ -10,6 +10,7 @@ import paho.mqtt.publish
 import pytest
 
 from tests.conftest import base_config
+from tests.test_homeassistant_schemas import NEWER_THAN_CHECKED, have_home_assistant, home_assistant_check
 from tests.servers import MqttCollector, make_video, read_retained
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,14 @@ def test_discovery_is_announced_resent_on_birth_and_follows_the_config(tmp_path,
             ("binary_sensor", f"{camera}_label_red_thing"), ("binary_sensor", f"{camera}_label_blue_thing"),
             ("number", f"{camera}_threshold_red_thing"), ("number", f"{camera}_threshold_blue_thing"),
             ("sensor", f"{camera}_top_label"), ("binary_sensor", f"{camera}_stream"), ("switch", f"{camera}_enabled"),
+            ("sensor", f"{camera}_score_red_thing"), ("sensor", f"{camera}_score_blue_thing"),
+            ("image", f"{camera}_snapshot_red_thing"), ("image", f"{camera}_snapshot_blue_thing"),
+            ("event", f"{camera}_event"),
         ]
+    } | {
+        f"{ha}/{component}/{node}/hub_{suffix}/config"
+        for component, suffix in [("binary_sensor", "online"), ("sensor", "classified_fps"), ("sensor", "frames_dropped"),
+                                  ("sensor", "mqtt_queued"), ("sensor", "mqtt_dropped")]
     }
     with MqttCollector(broker.host, broker.port, f"{ha}/#") as ha_collector:
         daemon = start_daemon(cfg)
@@ -90,12 +98,28 @@ def test_discovery_is_announced_resent_on_birth_and_follows_the_config(tmp_path,
         red = configs[f"{ha}/binary_sensor/{node}/drive_label_red_thing/config"]
         assert red["unique_id"] == f"{node}_drive_label_red_thing"
         assert red["state_topic"] == f"{prefix}/drive/red_thing"
-        assert red["device"]["identifiers"] == [f"{node}_drive"] and red["device"]["name"] == "drive"
+        assert red["device"]["identifiers"] == [f"{node}_drive"] and red["device"]["name"] == "Drive"
+        assert red["device"]["via_device"] == node
         assert red["availability"] == [
             {"topic": f"{prefix}/available", "payload_available": "online", "payload_not_available": "offline"},
             {"topic": f"{prefix}/drive/status", "payload_available": "online", "payload_not_available": "offline"},
+            {"topic": f"{prefix}/drive/enabled/state", "payload_available": "ON", "payload_not_available": "OFF"},
         ]
         assert red["availability_mode"] == "all"
+        hub = configs[f"{ha}/binary_sensor/{node}/hub_online/config"]["device"]
+        assert hub["identifiers"] == [node] and hub["hw_version"] == "cpu, fp32"
+        if have_home_assistant():  # the payloads a real daemon sent pass Home Assistant's own schemas
+            report = home_assistant_check({t: json.dumps(c) for t, c in configs.items()})
+            assert (report["errors"], report["validated"]) == ({}, len(configs))
+            assert {k for keys in report["dropped"].values() for k in keys} <= NEWER_THAN_CHECKED
+        # Every availability topic the label entities need is there and says available.
+        for topic, available in [(f"{prefix}/drive/status", b"online"), (f"{prefix}/drive/enabled/state", b"ON")]:
+            collector.wait_for(lambda m: read_retained(broker.host, broker.port, topic) == available, timeout=30)
+        # Label attributes come with the events, scores with the classifications (rate-limited).
+        collector.wait_for(lambda m: any(t == f"{prefix}/drive/red_thing/score" for t, _, _ in m), timeout=30)
+        collector.wait_for(lambda m: any(t == f"{prefix}/drive/red_thing/attributes" for t, _, _ in m), timeout=30)
+        attributes = collector.json_messages(f"{prefix}/drive/red_thing/attributes")
+        assert attributes[-1]["event_id"] and 0 <= attributes[-1]["score"] <= 1
         top = configs[f"{ha}/sensor/{node}/porch_top_label/config"]
         assert top["state_topic"] == f"{prefix}/porch/top_label"
         # The states they point at are there: the stream is online, the top label is one of the camera's labels.
@@ -122,7 +146,9 @@ def test_discovery_is_announced_resent_on_birth_and_follows_the_config(tmp_path,
         daemon = start_daemon(cfg2)
         removed = {t for t in expected if "/porch_" in t or "blue_thing" in t}
         added = {f"{ha}/binary_sensor/{node}/drive_label_green_thing/config",
-                 f"{ha}/number/{node}/drive_threshold_green_thing/config"}
+                 f"{ha}/number/{node}/drive_threshold_green_thing/config",
+                 f"{ha}/sensor/{node}/drive_score_green_thing/config",
+                 f"{ha}/image/{node}/drive_snapshot_green_thing/config"}
         ha_collector.wait_for(
             lambda m: all(_configs(m, ha).get(t, 0) is None for t in removed)
             and all(_configs(m, ha).get(t) for t in added),
