@@ -585,7 +585,8 @@ class EventsConfig(_Model):
 
 # Topic levels the daemon itself uses under <prefix>/<camera>/: a label or zone of that name would collide.
 RESERVED_TOPIC_NAMES = frozenset(
-    {"status", "detection", "event", "snapshot", "enabled", "threshold", "state", "set", "top_label", "error", "stats"}
+    {"status", "detection", "event", "snapshot", "enabled", "threshold", "state", "set", "top_label", "error", "stats",
+     "attributes", "score"}
 )
 
 class ChangeGateConfig(_Model):
