@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from streamclf.batching import Batcher, DropReason
-from streamclf.model import ClipClassifier
 from streamclf.entities import BatchReport, Classification, Frame
 from streamclf.gating import ChangeGate, GatePlan, Scores
+from streamclf.model import ClipClassifier
 from streamclf.observer import PipelineObserver
 from streamclf.state import BatchState, PipelineState
 from streamclf.zones import ZonedImage

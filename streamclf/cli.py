@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Callable
 from streamclf import __version__
 
 if TYPE_CHECKING:
-    from streamclf.model import ClipClassifier
     from streamclf.config import ModelConfig
+    from streamclf.model import ClipClassifier
 
     ClassifierFactory = Callable[[ModelConfig], ClipClassifier]
 

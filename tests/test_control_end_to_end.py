@@ -10,8 +10,8 @@ import paho.mqtt.publish
 import pytest
 
 from tests.conftest import base_config
-from tests.test_homeassistant_schemas import NEWER_THAN_CHECKED, have_home_assistant, home_assistant_check
 from tests.servers import MqttCollector, make_video, read_retained
+from tests.test_homeassistant_schemas import NEWER_THAN_CHECKED, have_home_assistant, home_assistant_check
 
 pytestmark = pytest.mark.slow
 

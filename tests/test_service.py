@@ -25,7 +25,7 @@ from streamclf.service.health import ProgressMonitor, RateMeter, evaluate_progre
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import plan_reload
 from streamclf.status import InferenceStatus
-from tests.conftest import REPO, base_config, daemon_env, write_config, wait_until
+from tests.conftest import REPO, base_config, daemon_env, wait_until, write_config
 from tests.servers import MosquittoBroker, MqttCollector, free_port, make_video, read_retained
 
 UNIT = REPO / "systemd" / "streamclf.service"

@@ -13,8 +13,8 @@ from streamclf.config import Config, ModelConfig
 from streamclf.decisions import Decider
 from streamclf.entities import Frame
 from streamclf.model import ClipClassifier
-from streamclf.observer import PipelineObserver
 from streamclf.mqtt_client import MqttClient
+from streamclf.observer import PipelineObserver
 from streamclf.state import BatchState, PipelineState
 from streamclf.zones import Zone, ZoneCropper
 
