@@ -74,7 +74,7 @@ class ChangeGate:
         keys = [f.camera for f in batch] if keys is None else keys
         refs: dict[Hashable, _Reference] = {}
         decisions: list[Union[None, int, Scores]] = []
-        for i, (frame, key) in enumerate(zip(batch, keys)):
+        for i, (frame, key) in enumerate(zip(batch, keys, strict=True)):
             thumb = self.thumbnail(frame.image)
             ref = refs.get(key) or self._last.get(key)
             if ref is not None and self._unchanged(ref, thumb, frame.frame_time):
@@ -95,7 +95,7 @@ class ChangeGate:
         """Fill in the reused scores (``scores`` holds the model's result at each run index)
         and remember each camera's newest classified frame."""
         out: list[Scores] = []
-        for decision, own in zip(plan.decisions, scores):
+        for decision, own in zip(plan.decisions, scores, strict=True):
             if decision is None:
                 out.append(own)
             elif isinstance(decision, int):

@@ -79,7 +79,7 @@ def test_scores_equal_transformers_pipeline_on_224_frames(clf, reference):
     labels = clf.encode_labels({p: [p] for p in PROMPTS})
     images = _images(1, (224, 224))
     ours = clf.score(clf.embed_images(images), labels, [PROMPTS] * len(images))
-    for image, scores in zip(images, ours):
+    for image, scores in zip(images, ours, strict=True):
         ref = _ref_scores(reference, image)
         for p in PROMPTS:
             assert scores[p] == pytest.approx(ref[p], abs=1e-4)
@@ -91,7 +91,7 @@ def test_scores_close_to_pipeline_on_640x480_frames(clf, reference):
     labels = clf.encode_labels({p: [p] for p in PROMPTS})
     images = _images(2, (480, 640))
     ours = clf.score(clf.embed_images(images), labels, [PROMPTS] * len(images))
-    for image, scores in zip(images, ours):
+    for image, scores in zip(images, ours, strict=True):
         ref = _ref_scores(reference, image)
         assert max(abs(scores[p] - ref[p]) for p in PROMPTS) < 0.01
 

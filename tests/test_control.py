@@ -95,10 +95,9 @@ def control():
     pub, target = FakePublisher(), FakePipeline(cfg)
     announced = []
     c = Controller(target, pub, on_labels_changed=announced.append)
-    c._enabled_states.start()
-    c._threshold_states.start()
-    c._publish_state(cfg)
-    return c, pub, target, announced
+    c.start()  # publishes the state; tests apply commands with c.apply, so its thread stays idle
+    yield c, pub, target, announced
+    c.stop()
 
 
 def test_initial_state_is_published_from_the_config(control):
@@ -256,8 +255,11 @@ def test_discovery_off_removes_everything_and_birth_resends():
     pub.subscriptions["homeassistant/status"]("homeassistant/status", b"offline")
     assert ha.resent == 1
 
-    off = HomeAssistantDiscovery(cfg.model_copy(update={"homeassistant": cfg.homeassistant.model_copy(update={"enabled": False})}), pub)
+    disabled = cfg.homeassistant.model_copy(update={"enabled": False})
+    off = HomeAssistantDiscovery(cfg.model_copy(update={"homeassistant": disabled}), pub)
     off.start()
+    # The broker hands the new run every retained config under its filter.
+    on_config = pub.subscriptions[f"{off.settings.discovery_prefix}/+/{off.node_id}/+/config"]
     for topic, payload in list(pub.retained.items()):
-        off._configs._on_message(topic, payload)
+        on_config(topic, payload)
     assert pub.retained == {}

@@ -114,7 +114,8 @@ def test_discovery_is_announced_resent_on_birth_and_follows_the_config(tmp_path,
             assert {k for keys in report["dropped"].values() for k in keys} <= NEWER_THAN_CHECKED
         # Every availability topic the label entities need is there and says available.
         for topic, available in [(f"{prefix}/drive/status", b"online"), (f"{prefix}/drive/enabled/state", b"ON")]:
-            collector.wait_for(lambda m: read_retained(broker.host, broker.port, topic) == available, timeout=30)
+            collector.wait_for(lambda m, topic=topic, available=available:
+                               read_retained(broker.host, broker.port, topic) == available, timeout=30)
         # Label attributes come with the events, scores with the classifications (rate-limited).
         collector.wait_for(lambda m: any(t == f"{prefix}/drive/red_thing/score" for t, _, _ in m), timeout=30)
         collector.wait_for(lambda m: any(t == f"{prefix}/drive/red_thing/attributes" for t, _, _ in m), timeout=30)

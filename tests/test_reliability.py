@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import signal
 import socket
@@ -250,7 +249,7 @@ def test_watchdog_reopens_a_stream_whose_read_never_returns():
         t0 = time.monotonic()
         cam.stop()
         cam.join(2)
-        assert not cam._thread.is_alive() and time.monotonic() - t0 < 1.0  # stop never waits on a stuck read
+        assert not cam.thread_alive and time.monotonic() - t0 < 1.0  # stop never waits on a stuck read
         unblock.set()
     wait_until(lambda: opened[0].released, 2, "the abandoned capture to be released by its own thread")
 
@@ -284,7 +283,7 @@ def test_an_open_that_never_returns_is_abandoned_and_retried_with_capped_backoff
     assert later and all(s.reason == "capture failed" for s in later)
     assert all("hunter2" not in s.last_error and "***@" in s.last_error for s in later)
     assert [s.reconnect_attempts for s in seen if s.state is CameraState.OFFLINE][:4] == [1, 2, 3, 4]
-    gaps = [b - a for a, b in zip(calls[1:], calls[2:])]
+    gaps = [b - a for a, b in zip(calls[1:], calls[2:], strict=False)]
     assert gaps[0] < gaps[-1] < 0.2 + 0.3  # exponential, then capped at reconnect_backoff_max_s
 
 
@@ -306,14 +305,14 @@ def test_rtsp_camera_that_freezes_or_dies_goes_offline_and_recovers_while_anothe
                            timeout=40)
 
         # 1. The server freezes (SIGSTOP): the TCP connection stays open, read() just waits.
-        os.kill(rtsp._proc.pid, signal.SIGSTOP)
+        rtsp.freeze()
         t_freeze = time.monotonic()
         collector.wait_for(lambda m: last_status(collector, "live") == b"offline", timeout=10)
         assert time.monotonic() - t_freeze < 2 + 2.0  # stall_timeout_s plus a margin
         assert details(collector, "live")[-1]["reason"] == "stalled"
         steady_before = len(detections(collector, "steady"))
         time.sleep(1.5)
-        os.kill(rtsp._proc.pid, signal.SIGCONT)
+        rtsp.thaw()
         n_live = len(detections(collector, "live"))
         collector.wait_for(lambda m: last_status(collector, "live") == b"online"
                            and len(detections(collector, "live")) >= n_live + 2, timeout=20)
@@ -423,7 +422,8 @@ def test_broker_outage_delivers_everything_queued_and_counts_what_overflowed(tmp
 
         roomy, small = run("roomy", 5000), run("small", 10)
         for name in ("roomy", "small"):
-            collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/{name}/cam/detection")) >= 5, timeout=40)
+            collector.wait_for(lambda m, name=name: len(collector.json_messages(f"{prefix}/{name}/cam/detection")) >= 5,
+                               timeout=40)
 
         before_outage = len(collector.all)
         b.stop()
@@ -432,8 +432,8 @@ def test_broker_outage_delivers_everything_queued_and_counts_what_overflowed(tmp
         collector.wait_subscribed()  # before the daemons: paho's backoff has them retry 1, 2 and 4 s after the loss
         for name in ("roomy", "small"):
             # The broker forgot its retained messages (no persistence): streamclf publishes them again.
-            collector.wait_for(lambda m: any(t == f"{prefix}/{name}/available" and p == b"online"
-                                             for t, p, _ in m[before_outage:]), timeout=15)
+            collector.wait_for(lambda m, name=name: any(t == f"{prefix}/{name}/available" and p == b"online"
+                                                         for t, p, _ in m[before_outage:]), timeout=15)
             assert read_retained(b.host, b.port, f"{prefix}/{name}/available") == b"online"
             assert read_retained(b.host, b.port, f"{prefix}/{name}/cam/status") == b"online"
         assert roomy.wait(40) == 0 and small.wait(20) == 0, roomy.output + small.output

@@ -104,7 +104,7 @@ def test_batch_classifier_classifies_each_zone_as_its_own_image_in_one_batch(tin
     assert [(c.camera, c.zone, c.frame_index) for c in seen] == [("zoned", "left", 3), ("zoned", "right", 3),
                                                                   ("whole", None, 4)]
     crops = [image[:, :160], image[:, 160:], image]
-    for c, crop in zip(seen, crops):
+    for c, crop in zip(seen, crops, strict=True):
         np.testing.assert_array_equal(c.image, crop)
         alone = classifier.score(embed([crop], bgr=True), label_set, [["red_thing", "blue_thing"]])[0]
         assert c.scores == pytest.approx(alone, abs=1e-5)

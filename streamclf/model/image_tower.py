@@ -62,7 +62,8 @@ def cpu_can_pack(dtype: torch.dtype) -> bool:
         return False
     if dtype == torch.bfloat16:
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            # torch has no public check for oneDNN's bf16 kernels; the private op is the one answer.
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # noqa: SLF001
         except (AttributeError, RuntimeError):
             return False
     return dtype == torch.float32
@@ -82,15 +83,20 @@ class PackedLinear(nn.Module):
         weight = linear.weight.detach()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.activation = activation
-        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight, rows), persistent=False)
+        # oneDNN's prepacked linear ops are private in torch (torch.compile's freezing uses them); there is
+        # no public way to pack a weight once. A torch without them fails the load-time check instead.
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)  # noqa: SLF001
+        self.register_buffer("packed_weight", packed, persistent=False)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, self.activation, [], "")
+        return torch.ops.mkldnn._linear_pointwise(  # noqa: SLF001 (see __init__)
+            x, self.packed_weight, self.bias, self.activation, [], "")
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed_weight, self.bias, "add")
+        return torch.ops.mkldnn._linear_pointwise.binary(  # noqa: SLF001 (see __init__)
+            x, residual, self.packed_weight, self.bias, "add")
 
 
 class _Layer(nn.Module):
@@ -164,7 +170,7 @@ class ImageTower(nn.Module):
         self.class_embedding = emb.class_embedding
         self.position_embedding = emb.position_embedding
         self.pre_layernorm = vision_model.pre_layrnorm
-        self.layers = nn.ModuleList(_Layer(l, cls_only=(i == len(hf_layers) - 1)) for i, l in enumerate(hf_layers))
+        self.layers = nn.ModuleList(_Layer(layer, cls_only=(i == len(hf_layers) - 1)) for i, layer in enumerate(hf_layers))
         self.post_layernorm = vision_model.post_layernorm
         self.projection = visual_projection
 
