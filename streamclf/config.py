@@ -435,7 +435,8 @@ class CameraConfig(_Model):
         "against the system's CA store; SSL_CERT_FILE names another); or webcam index 0..99."
     )
     name: str | None = Field(
-        None, min_length=1, max_length=100, description="Friendly name (Home Assistant device name); default: the key made readable, "
+        None, min_length=1, max_length=100,
+        description="Friendly name (Home Assistant device name); default: the key made readable, "
         "front_gate -> Front gate."
     )
     fps: float = Field(2.0, gt=0, le=120, description="Frames classified per second of video.")
@@ -589,7 +590,9 @@ RESERVED_TOPIC_NAMES = frozenset(
 )
 
 class ChangeGateConfig(_Model):
-    enabled: bool = Field(False, description="Skip the model for frames that barely differ from the last classified one.")
+    enabled: bool = Field(
+        False, description="Skip the model for frames that barely differ from the last classified one."
+    )
     grid: int = Field(32, ge=4, le=256, description="Frames are compared as grid x grid colour thumbnails (cells).")
     cell_delta: int = Field(
         12, ge=1, le=255, description="A cell has changed when a channel differs by more than this (0..255 levels)."
@@ -610,7 +613,9 @@ class HomeAssistantConfig(_Model):
     )
     discovery_prefix: str = Field("homeassistant", description="Home Assistant's MQTT discovery prefix.")
     status_topic: str | None = Field(
-        None, description="Home Assistant's birth topic; 'online' there re-sends discovery. Default <discovery_prefix>/status."
+        None,
+        description="Home Assistant's birth topic; 'online' there re-sends discovery. "
+        "Default <discovery_prefix>/status.",
     )
 
     @field_validator("discovery_prefix", "status_topic")

@@ -71,7 +71,8 @@ class Pipeline:
                                         self._observers)
         self._cameras = CameraSet(self.publisher, self.batcher, classifier.prepare_image, base_dir, self.stop_event)
         self._drop_log = DropLog(self.batcher, self.publisher, lambda: self.cfg.mqtt.max_queued_messages)
-        self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=f"{classifier.device}, {classifier.precision}")
+        hardware = f"{classifier.device}, {classifier.precision}"
+        self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=hardware)
         self._control = Controller(self, self.publisher, on_labels_changed=self._discovery.announce)
         self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
 

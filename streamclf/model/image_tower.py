@@ -170,14 +170,16 @@ class ImageTower(nn.Module):
         self.class_embedding = emb.class_embedding
         self.position_embedding = emb.position_embedding
         self.pre_layernorm = vision_model.pre_layrnorm
-        self.layers = nn.ModuleList(_Layer(layer, cls_only=(i == len(hf_layers) - 1)) for i, layer in enumerate(hf_layers))
+        last = len(hf_layers) - 1
+        self.layers = nn.ModuleList(_Layer(layer, cls_only=(i == last)) for i, layer in enumerate(hf_layers))
         self.post_layernorm = vision_model.post_layernorm
         self.projection = visual_projection
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         n, c, h, w = pixel_values.shape
         if (c, h, w) != (self.channels, self.image_size, self.image_size):
-            raise ValueError(f"input {c}x{h}x{w} does not match the model's {self.channels}x{self.image_size}x{self.image_size}")
+            expected = f"{self.channels}x{self.image_size}x{self.image_size}"
+            raise ValueError(f"input {c}x{h}x{w} does not match the model's {expected}")
         p, g = self.patch, self.image_size // self.patch
         positions = self.position_embedding.weight
         patches = pixel_values.to(positions.dtype).reshape(n, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5)

@@ -51,7 +51,8 @@ class FiguresCollector(Collector):
             "frames_captured": ("streamclf_frames_captured", "Frames read from the source (decoded or grabbed)."),
             "frames_sampled": ("streamclf_frames_sampled", "Frames sampled at the camera's fps for classification."),
             "frames_classified": ("streamclf_frames_classified", "Frames classified by the model."),
-            "reconnects": ("streamclf_camera_reconnects", "Times the camera was lost or could not be opened and was retried."),
+            "reconnects": ("streamclf_camera_reconnects",
+                           "Times the camera was lost or could not be opened and was retried."),
         }
         for key, (name, doc) in per_camera.items():
             fam = CounterMetricFamily(name, doc, labels=["camera"])
@@ -64,7 +65,8 @@ class FiguresCollector(Collector):
             for reason, n in c["frames_dropped"].items():
                 dropped.add_metric([cam, reason], n)
         yield dropped
-        state = GaugeMetricFamily("streamclf_camera_state", "1 for the camera's current state.", labels=["camera", "state"])
+        state = GaugeMetricFamily("streamclf_camera_state", "1 for the camera's current state.",
+                                  labels=["camera", "state"])
         online = GaugeMetricFamily("streamclf_camera_online", "1 while the camera delivers frames.", labels=["camera"])
         states = list(dict.fromkeys([s.value for s in CameraState] + ["disabled", "removed"]))  # each once
         for cam, c in f["cameras"].items():
@@ -75,23 +77,29 @@ class FiguresCollector(Collector):
         yield online
 
         for kind, key in (("detections", "detections_published"), ("events", "events_published")):
-            fam = CounterMetricFamily(f"streamclf_{kind}_published", f"{kind.capitalize()} queued for MQTT, per camera and label.",
+            fam = CounterMetricFamily(f"streamclf_{kind}_published",
+                                      f"{kind.capitalize()} queued for MQTT, per camera and label.",
                                       labels=["camera", "label"])
             for cam, labels in f[key].items():
                 for label, n in labels.items():
                     fam.add_metric([cam, label], n)
             yield fam
-        yield GaugeMetricFamily("streamclf_queue_depth_frames", "Frames waiting in the batcher.", value=f["queue_depth"])
+        yield GaugeMetricFamily("streamclf_queue_depth_frames", "Frames waiting in the batcher.",
+                                value=f["queue_depth"])
         yield CounterMetricFamily("streamclf_batches", "Model calls (batches) run.", value=f["batches"])
         m = f["mqtt"]
-        yield GaugeMetricFamily("streamclf_mqtt_connected", "1 while connected to the broker.", value=1 if m["connected"] else 0)
-        yield GaugeMetricFamily("streamclf_mqtt_queued_messages", "Messages waiting for the broker or its acknowledgement.",
+        yield GaugeMetricFamily("streamclf_mqtt_connected", "1 while connected to the broker.",
+                                value=1 if m["connected"] else 0)
+        yield GaugeMetricFamily("streamclf_mqtt_queued_messages",
+                                "Messages waiting for the broker or its acknowledgement.",
                                 value=m["queued_messages"])
-        yield CounterMetricFamily("streamclf_mqtt_dropped_messages", "Oldest messages dropped because the outage queue was full.",
+        yield CounterMetricFamily("streamclf_mqtt_dropped_messages",
+                                  "Oldest messages dropped because the outage queue was full.",
                                   value=m["dropped_messages"])
         yield CounterMetricFamily("streamclf_mqtt_published_messages", "Messages handed to the MQTT client.",
                                   value=m["published_messages"])
-        yield CounterMetricFamily("streamclf_mqtt_connects", "Successful (re)connections to the broker.", value=m["connects"])
+        yield CounterMetricFamily("streamclf_mqtt_connects", "Successful (re)connections to the broker.",
+                                  value=m["connects"])
 
 
 class PipelineMetrics:

@@ -30,7 +30,8 @@ class SystemdNotifier:
         elif address.startswith("/"):
             self._address = address
         elif address:
-            log.warning("NOTIFY_SOCKET=%r is neither a path nor an abstract socket name; not notifying systemd", address)
+            log.warning("NOTIFY_SOCKET=%r is neither a path nor an abstract socket name; not notifying systemd",
+                        address)
         self.watchdog_interval_s = _watchdog_interval_s(env)
         self._sock: socket.socket | None = None
         self._failed_once = False
