@@ -20,7 +20,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,17 +78,19 @@ def _check_name(name: Any, what: str) -> None:
         raise ValueError(f"{what} name {_brief(name)} {_NAME_RULE}")
 
 
-def _name_type(what: str) -> Any:
-    """A str type for dict keys that are names, checked key by key, whatever their values hold."""
+def _name_check(what: str) -> Callable[[str], str]:
+    """A validator for dict keys that are names, checked key by key, whatever their values hold."""
 
     def check(name: str) -> str:
         _check_name(name, what)
         return name
 
-    return Annotated[str, AfterValidator(check)]
+    return check
 
 
-CameraName, LabelName, ZoneName = _name_type("camera"), _name_type("label"), _name_type("zone")
+CameraName = Annotated[str, AfterValidator(_name_check("camera"))]
+LabelName = Annotated[str, AfterValidator(_name_check("label"))]
+ZoneName = Annotated[str, AfterValidator(_name_check("zone"))]
 
 
 def _check_count(value: Any, limit: int, what: str) -> None:
@@ -233,7 +235,7 @@ class MqttConfig(_Model):
     def effective_client_id(self) -> str:
         return self.client_id or f"streamclf-{socket.gethostname()}"
 
-    def resolve_password(self, env: dict | None = None) -> str | None:
+    def resolve_password(self, env: Mapping[str, str] | None = None) -> str | None:
         """The broker password: ``password``, or the credential file ``password_credential`` names.
 
         Raises ValueError naming the credential and the directory when it cannot be read, so
@@ -727,7 +729,7 @@ def _cross_section_problems(labels: list[str], cameras: Mapping[str, _CameraRefs
 
     Works on names alone, so it runs on a file whose sections have other errors as well.
     """
-    problems = []
+    problems: list[tuple[tuple, str]] = []
     known = set(labels)
     for cam_name, cam in cameras.items():
         names = list(cam.labels) if cam.labels is not None else list(labels)

@@ -96,13 +96,13 @@ class ChangeGate:
         and remember each camera's newest classified frame."""
         out: list[Scores] = []
         for decision, own in zip(plan.decisions, scores, strict=True):
-            if decision is None:
-                out.append(own)
-            elif isinstance(decision, int):
-                out.append(scores[decision])
-            else:
-                out.append(decision)
+            found = own if decision is None else scores[decision] if isinstance(decision, int) else decision
+            if found is None:
+                raise ValueError("no scores for a frame the gate sent to the model")
+            out.append(found)
         for key, ref in plan.references.items():
+            # plan() records only this batch's frames here, by index; _last then holds their scores.
+            assert isinstance(ref.source, int), "a plan's reference is an index into its batch"
             self._last[key] = _Reference(ref.thumbnail, ref.frame_time, out[ref.source])
         return out
 

@@ -41,8 +41,8 @@ def _ref_scores(reference, image: np.ndarray) -> dict[str, float]:
 def _images(seed: int, shape: tuple[int, int]) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     h, w = shape
-    smooth = [np.dstack([np.linspace(rng.integers(0, 255), rng.integers(0, 255), w * h).reshape(h, w)] * 3).astype(np.uint8)
-              for _ in range(2)]
+    ramps = [np.linspace(rng.integers(0, 255), rng.integers(0, 255), w * h).reshape(h, w) for _ in range(2)]
+    smooth = [np.dstack([ramp] * 3).astype(np.uint8) for ramp in ramps]
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8), np.full((h, w, 3), 200, np.uint8), *smooth]
 
 

@@ -146,7 +146,8 @@ def test_camera_reliability_settings_have_defaults_and_are_validated():
     [
         ("rtsp_transport: http", "cameras.c.rtsp_transport"),
         ("stall_timeout_s: 0", "cameras.c.stall_timeout_s"),
-        ("reconnect_backoff_initial_s: 5\n    reconnect_backoff_max_s: 1", "must be at least reconnect_backoff_initial_s"),
+        ("reconnect_backoff_initial_s: 5\n    reconnect_backoff_max_s: 1",
+         "must be at least reconnect_backoff_initial_s"),
         ("stall_timeout: 5", "unknown key"),
     ],
 )
@@ -232,7 +233,8 @@ def test_watchdog_reopens_a_stream_whose_read_never_returns():
 
     cfg = CameraConfig(source="rtsp://cam/x", fps=100, **{**FAST, "stall_timeout_s": 0.5})
     batcher = Batcher(batch_size=64, max_batch_wait_s=1, max_pending=64)
-    cam = LiveCamera("hang", cfg, batcher, seen.append, "rtsp://cam/x", open_source=open_source, probe=lambda u, t: None)
+    cam = LiveCamera("hang", cfg, batcher, seen.append, "rtsp://cam/x", open_source=open_source,
+                     probe=lambda u, t: None)
     cam.start()
     try:
         wait_until(lambda: any(s.state is CameraState.ONLINE for s in seen), 5, "online")
@@ -301,8 +303,8 @@ def test_rtsp_camera_that_freezes_or_dies_goes_offline_and_recovers_while_anothe
             "steady": {"source": str(steady), "fps": 5, "loop": True},
         }
         daemon = start_daemon(base_config(tiny_clip_dir, broker, prefix, cameras, labels=one_label_per_frame()))
-        collector.wait_for(lambda m: len(detections(collector, "live")) >= 3 and last_status(collector, "live") == b"online",
-                           timeout=40)
+        collector.wait_for(lambda m: len(detections(collector, "live")) >= 3
+                           and last_status(collector, "live") == b"online", timeout=40)
 
         # 1. The server freezes (SIGSTOP): the TCP connection stays open, read() just waits.
         rtsp.freeze()

@@ -93,7 +93,11 @@ def test_batch_classifier_classifies_each_zone_as_its_own_image_in_one_batch(tin
     batches = BatchClassifier(classifier, state, Batcher(4, 0.05), None, [seen.append], PipelineObserver())
     calls = []
     embed = classifier.embed_images
-    classifier.embed_images = lambda images, bgr, prepared=None: calls.append(len(images)) or embed(images, bgr, prepared)
+    def counting_embed(images, bgr, prepared=None):
+        calls.append(len(images))
+        return embed(images, bgr, prepared)
+
+    classifier.embed_images = counting_embed
 
     image = pattern()
     image[:, :160] = (200, 30, 30)  # a different scene in each half

@@ -171,7 +171,7 @@ class Camera:
         # model-sized crop, so a full-size colour conversion here would be wasted work.
         captured = time.monotonic()
         model_input = None
-        if self._prepare_here:
+        if self._prepare_here and self._prepare is not None:
             try:
                 model_input = self._prepare(bgr)
             except Exception:  # the inference thread prepares it instead; said once, not per frame

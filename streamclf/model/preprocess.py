@@ -210,7 +210,7 @@ class DeviceBatchPreprocessor:
         self._pin = device.type == "cuda"
         self._normalise = _Normaliser(spec, device)
         # (height, width) -> (pinned uint8 (capacity, h, w, 3), its numpy view, event of the last copy out of it)
-        self._host: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray, object]] = {}
+        self._host: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray, torch.cuda.Event | None]] = {}
         self._outputs: dict[int, torch.Tensor] = {}
 
     def _host_buffer(self, h: int, w: int, n: int) -> tuple[torch.Tensor, np.ndarray]:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 class SystemdNotifier:
     """Sends READY/STATUS/WATCHDOG/STOPPING to systemd; a no-op without ``NOTIFY_SOCKET``."""
 
-    def __init__(self, env: dict | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
         address = env.get("NOTIFY_SOCKET", "")
         self.address = address
