@@ -2,7 +2,8 @@
 # Install everything the tests need on a fresh machine, then run them.
 # System packages: mosquitto (the tests start their own broker on a free port) and
 # GStreamer's RTSP server with python3-gi (the tests serve real RTSP). Then .venv via
-# scripts/setup.sh --test. Then ruff and mypy (config in pyproject.toml), then pytest;
+# scripts/setup.sh --test. Then ruff and mypy (config in pyproject.toml), the function-length
+# check (scripts/function_lengths.py), then pytest;
 # any of them failing fails the run. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,10 @@ if ! .venv/bin/ruff check streamclf tests benchmarks scripts; then
 fi
 if ! .venv/bin/mypy; then
   echo "mypy found type errors (above) in streamclf/: fix them, or mark a justified exception with '# type: ignore[code]' and why" >&2
+  exit 1
+fi
+if ! .venv/bin/python scripts/function_lengths.py; then
+  echo "functions in streamclf/ over 60 lines (above): extract named steps" >&2
   exit 1
 fi
 set +e
