@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -78,7 +79,7 @@ def model_sweep(model_dir: Path, device: str, precisions: list[str], batch_sizes
                 continue
             for bs in batch_sizes:
                 pixels = torch.randn(bs, 3, 224, 224, device=clf.device).to(clf.model_dtype)
-                n, elapsed = _time(lambda: clf.embed_pixels(pixels), clf.device, seconds)
+                n, elapsed = _time(partial(clf.embed_pixels, pixels), clf.device, seconds)
                 rate = n * bs / elapsed
                 if cuda_graphs:
                     row = next(r for r in rows if r["precision"] == clf.precision and r["batch_size"] == bs)
@@ -93,7 +94,8 @@ def model_sweep(model_dir: Path, device: str, precisions: list[str], batch_sizes
     return rows
 
 
-def preprocess_sweep(model_dir: Path, device: str, precision: str, batch_sizes: list[int], seconds: float) -> list[dict]:
+def preprocess_sweep(model_dir: Path, device: str, precision: str, batch_sizes: list[int],
+                     seconds: float) -> list[dict]:
     """(a2) host uint8 frames -> preprocessing on the device -> model: images/s per frame size and batch."""
     import numpy as np
 
@@ -106,8 +108,8 @@ def preprocess_sweep(model_dir: Path, device: str, precision: str, batch_sizes: 
         frames = [np.ascontiguousarray(synthetic_frame(i, w, h)[:, :, ::-1]) for i in range(8)]
         for bs in batch_sizes:
             batch = [frames[i % 8] for i in range(bs)]
-            n, elapsed = _time(lambda: clf.embed_images(batch), clf.device, seconds)
-            pre_n, pre_elapsed = _time(lambda: clf.preprocess(batch), clf.device, seconds / 2)
+            n, elapsed = _time(partial(clf.embed_images, batch), clf.device, seconds)
+            pre_n, pre_elapsed = _time(partial(clf.preprocess, batch), clf.device, seconds / 2)
             rows.append({"frame": f"{w}x{h}", "batch_size": bs, "images_per_s": n * bs / elapsed,
                          "preprocess_only_images_per_s": pre_n * bs / pre_elapsed, "precision": clf.precision,
                          "preprocess": type(clf.preprocess).__name__})

@@ -50,7 +50,7 @@ from benchmarks.model import build_vit_b32  # noqa: E402
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "streamclf-bench"
 
 
-def _labels_config() -> dict:
+def labels_config() -> dict:
     """One published label (threshold 0: every frame yields exactly one message), four background."""
     return {name: ({"prompts": [p], "threshold": 0.0} if name == "car" else {"prompts": [p], "background": True})
             for name, p in LABEL_PROMPTS.items()}
@@ -71,7 +71,7 @@ def _config(model_dir: Path, broker, prefix: str, args, cameras: dict) -> dict:
         "mqtt": {"host": broker.host, "port": broker.port, "topic_prefix": prefix, "qos": 1,
                  "max_queued_messages": 100000},
         "model": model,
-        "labels": _labels_config(),
+        "labels": labels_config(),
         "cameras": cameras,
     }
 

@@ -52,7 +52,8 @@ async def check(request: dict, config_dir: str) -> dict:
         if payload.get("value_template") and samples:
             template = Template(payload["value_template"], hass)
             out["rendered"][topic] = {
-                name: str(template.async_render_with_possible_json_value(message, "")) for name, message in samples.items()
+                name: str(template.async_render_with_possible_json_value(message, ""))
+                for name, message in samples.items()
             }
     return out
 

@@ -2,7 +2,9 @@
 # Install everything the tests need on a fresh machine, then run them.
 # System packages: mosquitto (the tests start their own broker on a free port) and
 # GStreamer's RTSP server with python3-gi (the tests serve real RTSP). Then .venv via
-# scripts/setup.sh --test. Extra arguments go to pytest.
+# scripts/setup.sh --test. Then ruff and mypy (config in pyproject.toml), the function-length
+# check (scripts/function_lengths.py), then pytest;
+# any of them failing fails the run. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -18,6 +20,19 @@ fi
 scripts/setup.sh --test
 # Home Assistant in .venv-ha for the discovery schema test; without it that test is skipped, not failed.
 scripts/ha_venv.sh || echo "warning: scripts/ha_venv.sh failed; tests/test_homeassistant_schemas.py will be skipped" >&2
+# Lint and types first: a finding fails the run before the (slow) tests start.
+if ! .venv/bin/ruff check streamclf tests benchmarks scripts; then
+  echo "ruff found problems (above): fix them, or mark a justified exception with '# noqa: CODE' and why" >&2
+  exit 1
+fi
+if ! .venv/bin/mypy; then
+  echo "mypy found type errors (above) in streamclf/: fix them, or mark a justified exception with '# type: ignore[code]' and why" >&2
+  exit 1
+fi
+if ! .venv/bin/python scripts/function_lengths.py; then
+  echo "functions in streamclf/ over 60 lines (above): extract named steps" >&2
+  exit 1
+fi
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from streamclf.batching import Batcher, DropReason
-from streamclf.model import ClipClassifier
 from streamclf.entities import BatchReport, Classification, Frame
 from streamclf.gating import ChangeGate, GatePlan, Scores
+from streamclf.model import ClipClassifier
 from streamclf.observer import PipelineObserver
 from streamclf.state import BatchState, PipelineState
 from streamclf.zones import ZonedImage
@@ -129,14 +129,14 @@ class BatchClassifier:
         results: list[Scores | None] = [None] * len(items)
         if to_run:
             subsets = [state.cfg.labels_for(items[i].frame.camera) for i in to_run]
-            for i, scores in zip(to_run, self._classifier.score(embeddings, state.label_set, subsets)):
+            for i, scores in zip(to_run, self._classifier.score(embeddings, state.label_set, subsets), strict=True):
                 results[i] = scores
         if plan is not None and self._gate is not None:
             return self._gate.resolve(plan, results)
         return results  # type: ignore[return-value]  # every entry was scored
 
     def _dispatch(self, items: list[ZonedImage], results: list[Scores], paused: frozenset[str]) -> None:
-        for item, scores in zip(items, results):
+        for item, scores in zip(items, results, strict=True):
             frame = item.frame
             if frame.camera in paused:
                 continue

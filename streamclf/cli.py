@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Callable
 from streamclf import __version__
 
 if TYPE_CHECKING:
-    from streamclf.model import ClipClassifier
     from streamclf.config import ModelConfig
+    from streamclf.model import ClipClassifier
 
     ClassifierFactory = Callable[[ModelConfig], ClipClassifier]
 
@@ -25,7 +25,8 @@ log = logging.getLogger("streamclf")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamclf", description="Zero-shot CLIP classification of camera streams to MQTT.")
+    p = argparse.ArgumentParser(prog="streamclf",
+                                description="Zero-shot CLIP classification of camera streams to MQTT.")
     p.add_argument("--version", action="version", version=f"streamclf {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run the daemon"), ("check-config", "validate a config file and exit")):

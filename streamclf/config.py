@@ -20,7 +20,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,17 +78,19 @@ def _check_name(name: Any, what: str) -> None:
         raise ValueError(f"{what} name {_brief(name)} {_NAME_RULE}")
 
 
-def _name_type(what: str) -> Any:
-    """A str type for dict keys that are names, checked key by key, whatever their values hold."""
+def _name_check(what: str) -> Callable[[str], str]:
+    """A validator for dict keys that are names, checked key by key, whatever their values hold."""
 
     def check(name: str) -> str:
         _check_name(name, what)
         return name
 
-    return Annotated[str, AfterValidator(check)]
+    return check
 
 
-CameraName, LabelName, ZoneName = _name_type("camera"), _name_type("label"), _name_type("zone")
+CameraName = Annotated[str, AfterValidator(_name_check("camera"))]
+LabelName = Annotated[str, AfterValidator(_name_check("label"))]
+ZoneName = Annotated[str, AfterValidator(_name_check("zone"))]
 
 
 def _check_count(value: Any, limit: int, what: str) -> None:
@@ -233,7 +235,7 @@ class MqttConfig(_Model):
     def effective_client_id(self) -> str:
         return self.client_id or f"streamclf-{socket.gethostname()}"
 
-    def resolve_password(self, env: dict | None = None) -> str | None:
+    def resolve_password(self, env: Mapping[str, str] | None = None) -> str | None:
         """The broker password: ``password``, or the credential file ``password_credential`` names.
 
         Raises ValueError naming the credential and the directory when it cannot be read, so
@@ -435,7 +437,8 @@ class CameraConfig(_Model):
         "against the system's CA store; SSL_CERT_FILE names another); or webcam index 0..99."
     )
     name: str | None = Field(
-        None, min_length=1, max_length=100, description="Friendly name (Home Assistant device name); default: the key made readable, "
+        None, min_length=1, max_length=100,
+        description="Friendly name (Home Assistant device name); default: the key made readable, "
         "front_gate -> Front gate."
     )
     fps: float = Field(2.0, gt=0, le=120, description="Frames classified per second of video.")
@@ -590,7 +593,9 @@ RESERVED_TOPIC_NAMES = frozenset(
 )
 
 class ChangeGateConfig(_Model):
-    enabled: bool = Field(False, description="Skip the model for frames that barely differ from the last classified one.")
+    enabled: bool = Field(
+        False, description="Skip the model for frames that barely differ from the last classified one."
+    )
     grid: int = Field(32, ge=4, le=256, description="Frames are compared as grid x grid colour thumbnails (cells).")
     cell_delta: int = Field(
         12, ge=1, le=255, description="A cell has changed when a channel differs by more than this (0..255 levels)."
@@ -611,7 +616,9 @@ class HomeAssistantConfig(_Model):
     )
     discovery_prefix: str = Field("homeassistant", description="Home Assistant's MQTT discovery prefix.")
     status_topic: str | None = Field(
-        None, description="Home Assistant's birth topic; 'online' there re-sends discovery. Default <discovery_prefix>/status."
+        None,
+        description="Home Assistant's birth topic; 'online' there re-sends discovery. "
+        "Default <discovery_prefix>/status.",
     )
 
     @field_validator("discovery_prefix", "status_topic")
@@ -723,7 +730,7 @@ def _cross_section_problems(labels: list[str], cameras: Mapping[str, _CameraRefs
 
     Works on names alone, so it runs on a file whose sections have other errors as well.
     """
-    problems = []
+    problems: list[tuple[tuple, str]] = []
     known = set(labels)
     for cam_name, cam in cameras.items():
         names = list(cam.labels) if cam.labels is not None else list(labels)

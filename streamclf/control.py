@@ -1,10 +1,10 @@
 """Runtime control over MQTT: pause cameras, tune thresholds, replace the label set, no restart.
 
-| command topic                               | payload                         | echoed, retained, on          |
-|---------------------------------------------|---------------------------------|-------------------------------|
-| ``<prefix>/<camera>/enabled/set``           | ``ON`` / ``OFF``                | ``<prefix>/<camera>/enabled/state`` |
-| ``<prefix>/<camera>/<label>/threshold/set`` | a number, 0..1                  | ``<prefix>/<camera>/<label>/threshold/state`` |
-| ``<prefix>/labels/set``                     | JSON like the config's ``labels:`` | ``<prefix>/labels/state``  |
+| command topic                               | payload                            | echoed, retained, on            |
+|---------------------------------------------|------------------------------------|---------------------------------|
+| ``<prefix>/<camera>/enabled/set``           | ``ON`` / ``OFF``                   | ``.../<camera>/enabled/state``  |
+| ``<prefix>/<camera>/<label>/threshold/set`` | a number, 0..1                     | ``.../<label>/threshold/state`` |
+| ``<prefix>/labels/set``                     | JSON like the config's ``labels:`` | ``<prefix>/labels/state``       |
 
 Every payload is validated before anything changes. A rejected one changes nothing and is
 answered on ``<prefix>/error`` (JSON: ``topic``, ``error``, ``payload`` excerpt, ``timestamp``)

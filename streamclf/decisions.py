@@ -49,7 +49,8 @@ class AlertRules:
         if self.min_consecutive < 1:
             raise ValueError(f"min_consecutive must be at least 1, got {self.min_consecutive!r}")
         if self.off_delay_s < 0 or self.cooldown_s < 0:
-            raise ValueError(f"off_delay_s and cooldown_s must not be negative, got {self.off_delay_s}, {self.cooldown_s}")
+            raise ValueError(
+                f"off_delay_s and cooldown_s must not be negative, got {self.off_delay_s}, {self.cooldown_s}")
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,8 @@ class Decider:
             for key in before - after:
                 self._states.pop(key, None)
             added = tuple(
-                StateChange(cam, zone, label, False, self._time_for(cam, now)) for cam, zone, label in self._tracked_keys()
+                StateChange(cam, zone, label, False, self._time_for(cam, now))
+                for cam, zone, label in self._tracked_keys()
                 if (cam, zone, label) not in before
             )
             return Decisions((), ended.state_changes + added, ended.events)
@@ -303,7 +305,8 @@ class Decider:
             if now is None:
                 now = c.frame_time if self._use_frame_time else self._clock()
                 previous = self._camera_time.get(c.camera)
-                if self._use_frame_time and previous is not None and now + self._camera_offset.get(c.camera, 0.0) < previous:
+                offset = self._camera_offset.get(c.camera, 0.0)
+                if self._use_frame_time and previous is not None and now + offset < previous:
                     # The source started again (a file camera restarted by a reload, a clock step):
                     # continue its timeline so delays and cooldowns never see time run backwards.
                     self._camera_offset[c.camera] = previous - now
@@ -354,7 +357,8 @@ class Decider:
         state.start_time = state.last_start = state.last_event_time = now
         state.top_score = score
         camera, zone, label = key
-        return StateChange(camera, zone, label, True, now), self._event(EventType.START, key, state, None, classification)
+        event = self._event(EventType.START, key, state, None, classification)
+        return StateChange(camera, zone, label, True, now), event
 
     def _advance_while_on(self, key: Key, state: _LabelState, rules: AlertRules, score: float, now: float,
                           classification: Classification) -> tuple[StateChange | None, Event | None]:

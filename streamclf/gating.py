@@ -74,7 +74,7 @@ class ChangeGate:
         keys = [f.camera for f in batch] if keys is None else keys
         refs: dict[Hashable, _Reference] = {}
         decisions: list[Union[None, int, Scores]] = []
-        for i, (frame, key) in enumerate(zip(batch, keys)):
+        for i, (frame, key) in enumerate(zip(batch, keys, strict=True)):
             thumb = self.thumbnail(frame.image)
             ref = refs.get(key) or self._last.get(key)
             if ref is not None and self._unchanged(ref, thumb, frame.frame_time):
@@ -95,14 +95,14 @@ class ChangeGate:
         """Fill in the reused scores (``scores`` holds the model's result at each run index)
         and remember each camera's newest classified frame."""
         out: list[Scores] = []
-        for decision, own in zip(plan.decisions, scores):
-            if decision is None:
-                out.append(own)
-            elif isinstance(decision, int):
-                out.append(scores[decision])
-            else:
-                out.append(decision)
+        for decision, own in zip(plan.decisions, scores, strict=True):
+            found = own if decision is None else scores[decision] if isinstance(decision, int) else decision
+            if found is None:
+                raise ValueError("no scores for a frame the gate sent to the model")
+            out.append(found)
         for key, ref in plan.references.items():
+            # plan() records only this batch's frames here, by index; _last then holds their scores.
+            assert isinstance(ref.source, int), "a plan's reference is an index into its batch"
             self._last[key] = _Reference(ref.thumbnail, ref.frame_time, out[ref.source])
         return out
 

@@ -177,14 +177,15 @@ def _camera_entities(out: _Entities, camera: str, zone_names: list[str]) -> None
         {"topic": f"{prefix}/{camera}/enabled/state", "payload_available": "ON", "payload_not_available": "OFF"},
     ]
     published = [n for n in cfg.labels_for(camera) if not cfg.labels[n].background]
+    zones: list[str | None] = [*zone_names] or [None]  # None: the whole frame
     for label in published:
-        for zone in zone_names or [None]:
+        for zone in zones:
             _label_entities(out, camera, zone, label, device, honest)
         out.add("number", f"{camera}_threshold_{label}", device, out.daemon_available,
                 name=f"{readable(label)} threshold", command_topic=f"{prefix}/{camera}/{label}/threshold/set",
                 state_topic=f"{prefix}/{camera}/{label}/threshold/state",
                 min=0.0, max=1.0, step=0.01, mode="slider", entity_category="config", icon="mdi:tune")
-    for zone in zone_names or [None]:
+    for zone in zones:
         out.add("event", f"{camera}_event" if zone is None else f"{camera}_zone_{zone}_event", device,
                 out.daemon_available, name="Event" if zone is None else f"{readable(zone)} event",
                 state_topic=f"{prefix}/{camera}/event", event_types=["start", "update", "end"],

@@ -83,7 +83,7 @@ class MqttClient:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         for topic_filter, handler in self._subscriptions.items():
-            client.message_callback_add(topic_filter, lambda c, u, m, h=handler: self._dispatch(h, m))
+            client.message_callback_add(topic_filter, self._callback(handler))
         return client
 
     def reconfigure(self, cfg: MqttConfig, flush_timeout_s: float = 1.0) -> None:
@@ -176,13 +176,17 @@ class MqttClient:
     def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
         """Call ``handler(topic, payload)`` for messages on ``topic_filter`` (resubscribed on reconnect)."""
         self._subscriptions[topic_filter] = handler
-        self.client.message_callback_add(topic_filter, lambda c, u, m: self._dispatch(handler, m))
+        self.client.message_callback_add(topic_filter, self._callback(handler))
         if self._connected:
             self.client.subscribe(topic_filter, qos=1)
 
+    def _callback(self, handler: MessageHandler) -> Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]:
+        """paho's per-filter callback for ``handler``."""
+        return lambda client, userdata, message: self._dispatch(handler, message)
+
     def _dispatch(self, handler: MessageHandler, message: mqtt.MQTTMessage) -> None:
         try:
-            handler(message.topic, message.payload)
+            handler(message.topic, bytes(message.payload))  # bytes already: no copy
         except Exception:  # one bad handler or payload must never take the connection down
             log.exception("MQTT handler for %s failed", message.topic)
 
@@ -248,7 +252,8 @@ class MqttClient:
         """QoS>0 messages paho has not had acknowledged; call with ``_cond`` held."""
         # Not is_published(): it raises for messages that paho queued while disconnected (rc NO_CONN),
         # which paho still delivers after reconnecting and then marks as published.
-        self._inflight = [info for info in self._inflight if not info._published]
+        # paho has no public non-raising "acknowledged yet?", so this reads its private flag.
+        self._inflight = [info for info in self._inflight if not info._published]  # noqa: SLF001
         return len(self._inflight)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:

@@ -30,8 +30,8 @@ from streamclf.drop_log import DropLog
 from streamclf.gating import ChangeGate
 from streamclf.homeassistant import HomeAssistantDiscovery
 from streamclf.model import ClipClassifier
-from streamclf.observer import ObserverGroup, PipelineObserver
 from streamclf.mqtt_client import MqttClient
+from streamclf.observer import ObserverGroup, PipelineObserver
 from streamclf.sinks import DecisionSink, TopLabelSink
 from streamclf.snapshots import SnapshotWriter
 from streamclf.state import BatchState, PipelineState, SwapTimeout
@@ -71,7 +71,8 @@ class Pipeline:
                                         self._observers)
         self._cameras = CameraSet(self.publisher, self.batcher, classifier.prepare_image, base_dir, self.stop_event)
         self._drop_log = DropLog(self.batcher, self.publisher, lambda: self.cfg.mqtt.max_queued_messages)
-        self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=f"{classifier.device}, {classifier.precision}")
+        hardware = f"{classifier.device}, {classifier.precision}"
+        self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=hardware)
         self._control = Controller(self, self.publisher, on_labels_changed=self._discovery.announce)
         self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
 

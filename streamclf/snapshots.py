@@ -39,7 +39,10 @@ def snapshot_size(width: int, height: int, want_width: int | None, want_height: 
 
 
 def encode_jpeg(image: np.ndarray, cfg: SnapshotConfig) -> bytes:
-    """JPEG bytes of a BGR uint8 image (a frame as decoded), resized to the configured size at the configured quality (1..100)."""
+    """JPEG bytes of a BGR uint8 image (a frame as decoded).
+
+    Resized to the configured size (pixels), at the configured quality (1..100).
+    """
     h, w = image.shape[:2]
     out_w, out_h = snapshot_size(w, h, cfg.width, cfg.height)
     if (out_w, out_h) != (w, h):

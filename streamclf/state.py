@@ -25,10 +25,10 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from streamclf.alerts import AlertPublisher
-from streamclf.model import LabelSet
 from streamclf.config import Config
 from streamclf.decisions import Decider, Decisions
 from streamclf.gating import ChangeGate
+from streamclf.model import LabelSet
 from streamclf.snapshots import SnapshotWriter
 from streamclf.zones import ZoneCropper
 

@@ -36,7 +36,7 @@ class Zone:
 
     @classmethod
     def from_config(cls, name: str, cfg: ZoneConfig) -> "Zone":
-        return cls(name, tuple(cfg.box), cfg.coordinates == "normalized")
+        return cls(name, cfg.box, cfg.coordinates == "normalized")
 
     def pixel_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
         """(left, top, right, bottom) in pixels, clipped to a width x height frame; None if nothing is left.

@@ -50,7 +50,8 @@ def _states(collector, topic: str) -> list[bytes]:
 def test_a_scene_change_turns_a_label_on_then_off_with_one_start_and_one_end(
         tmp_path, broker, prefix, collector, tiny_clip_dir, start_daemon):
     # 10 fps: dark for 1 s, red for 2 s, dark again for 1 s.
-    video = make_video(tmp_path / "scene.avi", 40, fps=10, color_fn=lambda i: _scene(RED_BGR if 10 <= i < 30 else DARK_BGR, i))
+    video = make_video(tmp_path / "scene.avi", 40, fps=10,
+                       color_fn=lambda i: _scene(RED_BGR if 10 <= i < 30 else DARK_BGR, i))
     scores = _decoded_scores(video, tiny_clip_dir)
     # The label the red scene raises most clearly above every dark frame.
     gaps = {label: min(s[label] for s in scores[10:30]) - max(s[label] for s in scores[:10] + scores[30:])

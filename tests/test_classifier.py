@@ -41,8 +41,8 @@ def _ref_scores(reference, image: np.ndarray) -> dict[str, float]:
 def _images(seed: int, shape: tuple[int, int]) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     h, w = shape
-    smooth = [np.dstack([np.linspace(rng.integers(0, 255), rng.integers(0, 255), w * h).reshape(h, w)] * 3).astype(np.uint8)
-              for _ in range(2)]
+    ramps = [np.linspace(rng.integers(0, 255), rng.integers(0, 255), w * h).reshape(h, w) for _ in range(2)]
+    smooth = [np.dstack([ramp] * 3).astype(np.uint8) for ramp in ramps]
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8), np.full((h, w, 3), 200, np.uint8), *smooth]
 
 
@@ -79,7 +79,7 @@ def test_scores_equal_transformers_pipeline_on_224_frames(clf, reference):
     labels = clf.encode_labels({p: [p] for p in PROMPTS})
     images = _images(1, (224, 224))
     ours = clf.score(clf.embed_images(images), labels, [PROMPTS] * len(images))
-    for image, scores in zip(images, ours):
+    for image, scores in zip(images, ours, strict=True):
         ref = _ref_scores(reference, image)
         for p in PROMPTS:
             assert scores[p] == pytest.approx(ref[p], abs=1e-4)
@@ -91,7 +91,7 @@ def test_scores_close_to_pipeline_on_640x480_frames(clf, reference):
     labels = clf.encode_labels({p: [p] for p in PROMPTS})
     images = _images(2, (480, 640))
     ours = clf.score(clf.embed_images(images), labels, [PROMPTS] * len(images))
-    for image, scores in zip(images, ours):
+    for image, scores in zip(images, ours, strict=True):
         ref = _ref_scores(reference, image)
         assert max(abs(scores[p] - ref[p]) for p in PROMPTS) < 0.01
 

@@ -55,8 +55,10 @@ def test_default_prompt_comes_from_the_label_name():
     [
         ("  host: 127.0.0.1\n", "  host: 127.0.0.1\n  hots: x\n", ENV, "mqtt.hots", 3, "unknown key"),
         ("    fps: 2\n", "    fps: fast\n", ENV, "cameras.front_door.fps", 14, "valid number"),
-        ("    labels: [person, nothing]\n", "    labels: [person, cat]\n", ENV, "cameras.front_door.labels", 15, "'cat'"),
-        ("${CAM_PASS}", "${CAM_PASS}", {"MQTT_PASSWORD": "x"}, "cameras.front_door.source", 13, "${CAM_PASS} is not set"),
+        ("    labels: [person, nothing]\n", "    labels: [person, cat]\n", ENV, "cameras.front_door.labels", 15,
+         "'cat'"),
+        ("${CAM_PASS}", "${CAM_PASS}", {"MQTT_PASSWORD": "x"}, "cameras.front_door.source", 13,
+         "${CAM_PASS} is not set"),
         ("    threshold: 0.5\n", "    threshold: 1.5\n", ENV, "labels.person.threshold", 7, "less than or equal to 1"),
         ("    source: 0\n", "    sorce: 0\n", ENV, "cameras.webcam", 16, "Field required"),
     ],
@@ -179,7 +181,8 @@ def test_a_label_with_an_empty_body_takes_the_defaults(tmp_path):
 @pytest.mark.parametrize(
     "text, expected_path, expected_line",
     [
-        ("labels: {a: {}, b: {}}\ncameras:\n  c:\n    source: c.mp4\n    zones:\n      porch:\n", "cameras.c.zones.porch", 6),
+        ("labels: {a: {}, b: {}}\ncameras:\n  c:\n    source: c.mp4\n    zones:\n      porch:\n",
+         "cameras.c.zones.porch", 6),
         ("labels: {a: {}, b: {}}\ncameras:\n  c:\n", "cameras.c", 3),
         ("labels: {a: {}, b: {}}\ncameras:\n", "cameras", 2),
         ("labels: {a: {}, b: {}}\ncameras: {c: {source: c.mp4, fps: }}\n", "cameras.c.fps", 2),

@@ -63,7 +63,8 @@ def test_defaults_keep_the_per_frame_topic_and_take_snapshots_to_mqtt():
     [
         ("    min_consecutive: 3\n", "    min_consecutive: 0\n", "labels.person.min_consecutive", 4,
          "greater than or equal to 1"),
-        ("    off_delay_s: 10\n", "    off_delay_s: -1\n", "labels.person.off_delay_s", 5, "greater than or equal to 0"),
+        ("    off_delay_s: 10\n", "    off_delay_s: -1\n", "labels.person.off_delay_s", 5,
+         "greater than or equal to 0"),
         ("person: {threshold: 0.7", "person: {threshold: 1.7", "cameras.front.label_overrides.person.threshold", 13,
          "less than or equal to 1"),
         ("person: {threshold: 0.7, off_delay_s: 2}", "dog: {threshold: 0.7}", "cameras.front.label_overrides.dog", 13,

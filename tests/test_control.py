@@ -95,10 +95,9 @@ def control():
     pub, target = FakePublisher(), FakePipeline(cfg)
     announced = []
     c = Controller(target, pub, on_labels_changed=announced.append)
-    c._enabled_states.start()
-    c._threshold_states.start()
-    c._publish_state(cfg)
-    return c, pub, target, announced
+    c.start()  # publishes the state; tests apply commands with c.apply, so its thread stays idle
+    yield c, pub, target, announced
+    c.stop()
 
 
 def test_initial_state_is_published_from_the_config(control):
@@ -109,9 +108,10 @@ def test_initial_state_is_published_from_the_config(control):
     assert r["home/clf/back/car/threshold/state"] == b"0.7"
     assert "home/clf/back/person/threshold/state" not in r  # not one of back's labels
     assert "home/clf/front/empty/threshold/state" not in r  # background: never published, no threshold
-    assert json.loads(r["home/clf/labels/state"])["car"] == {"prompts": ["a car"], "threshold": 0.7, "background": False,
-                                                           "min_consecutive": 2, "off_delay_s": 5.0, "cooldown_s": 0.0,
-                                                               "device_class": None, "icon": None}
+    assert json.loads(r["home/clf/labels/state"])["car"] == {
+        "prompts": ["a car"], "threshold": 0.7, "background": False, "min_consecutive": 2, "off_delay_s": 5.0,
+        "cooldown_s": 0.0, "device_class": None, "icon": None,
+    }
 
 
 @pytest.mark.parametrize(
@@ -148,7 +148,8 @@ def test_initial_state_is_published_from_the_config(control):
         ("labels/set", json.dumps({**{f"l{i}": {} for i in range(257)}, "car": {}, "empty": {}}).encode(),
          "at most 256 labels"),
         ("labels/set", b'{"dog": null, "car": {}, "empty": {"background": true}}', None),
-        ("labels/set", b'{"dog": {"off_delay_s": Infinity}, "car": {}, "empty": {}}', "labels.dog.off_delay_s: Input should be a finite number"),
+        ("labels/set", b'{"dog": {"off_delay_s": Infinity}, "car": {}, "empty": {}}',
+         "labels.dog.off_delay_s: Input should be a finite number"),
     ],
 )
 def test_commands_are_validated_and_invalid_ones_change_nothing(control, topic, payload, error):
@@ -211,7 +212,8 @@ def test_discovery_entities_describe_each_camera():
     assert person["availability_mode"] == "all"
     # A camera with zones is classified only in its zones: zone sensors replace the whole-frame ones.
     zoned = {(e.component, e.object_id): e for e in discovery_entities(cfg, zones={"front": ["porch"]})}
-    assert zoned[("binary_sensor", "front_zone_porch_label_person")].config["state_topic"] == "home/clf/front/porch/person"
+    porch_person = zoned[("binary_sensor", "front_zone_porch_label_person")].config
+    assert porch_person["state_topic"] == "home/clf/front/porch/person"
     assert ("binary_sensor", "front_label_person") not in zoned and ("sensor", "front_top_label") not in zoned
     assert ("binary_sensor", "front_label_empty") not in entities  # background labels are never ON
     assert ("binary_sensor", "back_label_person") not in entities  # not one of back's labels
@@ -220,7 +222,8 @@ def test_discovery_entities_describe_each_camera():
     assert stream["device_class"] == "connectivity" and stream["state_topic"] == "home/clf/front/status"
     assert [a["topic"] for a in stream["availability"]] == ["home/clf/available"]
     switch = entities[("switch", "front_enabled")].config
-    assert switch["command_topic"] == "home/clf/front/enabled/set" and switch["state_topic"] == "home/clf/front/enabled/state"
+    assert switch["command_topic"] == "home/clf/front/enabled/set"
+    assert switch["state_topic"] == "home/clf/front/enabled/state"
     number = entities[("number", "back_threshold_car")].config
     assert number["command_topic"] == "home/clf/back/car/threshold/set" and (number["min"], number["max"]) == (0, 1)
     assert len({e["unique_id"] for e in (x.config for x in entities.values())}) == len(entities)
@@ -256,8 +259,11 @@ def test_discovery_off_removes_everything_and_birth_resends():
     pub.subscriptions["homeassistant/status"]("homeassistant/status", b"offline")
     assert ha.resent == 1
 
-    off = HomeAssistantDiscovery(cfg.model_copy(update={"homeassistant": cfg.homeassistant.model_copy(update={"enabled": False})}), pub)
+    disabled = cfg.homeassistant.model_copy(update={"enabled": False})
+    off = HomeAssistantDiscovery(cfg.model_copy(update={"homeassistant": disabled}), pub)
     off.start()
+    # The broker hands the new run every retained config under its filter.
+    on_config = pub.subscriptions[f"{off.settings.discovery_prefix}/+/{off.node_id}/+/config"]
     for topic, payload in list(pub.retained.items()):
-        off._configs._on_message(topic, payload)
+        on_config(topic, payload)
     assert pub.retained == {}

@@ -10,8 +10,8 @@ import paho.mqtt.publish
 import pytest
 
 from tests.conftest import base_config
-from tests.test_homeassistant_schemas import NEWER_THAN_CHECKED, have_home_assistant, home_assistant_check
 from tests.servers import MqttCollector, make_video, read_retained
+from tests.test_homeassistant_schemas import NEWER_THAN_CHECKED, have_home_assistant, home_assistant_check
 
 pytestmark = pytest.mark.slow
 
@@ -87,8 +87,8 @@ def test_discovery_is_announced_resent_on_birth_and_follows_the_config(tmp_path,
         ]
     } | {
         f"{ha}/{component}/{node}/hub_{suffix}/config"
-        for component, suffix in [("binary_sensor", "online"), ("sensor", "classified_fps"), ("sensor", "frames_dropped"),
-                                  ("sensor", "mqtt_queued"), ("sensor", "mqtt_dropped")]
+        for component, suffix in [("binary_sensor", "online"), ("sensor", "classified_fps"),
+                                  ("sensor", "frames_dropped"), ("sensor", "mqtt_queued"), ("sensor", "mqtt_dropped")]
     }
     with MqttCollector(broker.host, broker.port, f"{ha}/#") as ha_collector:
         daemon = start_daemon(cfg)
@@ -114,7 +114,8 @@ def test_discovery_is_announced_resent_on_birth_and_follows_the_config(tmp_path,
             assert {k for keys in report["dropped"].values() for k in keys} <= NEWER_THAN_CHECKED
         # Every availability topic the label entities need is there and says available.
         for topic, available in [(f"{prefix}/drive/status", b"online"), (f"{prefix}/drive/enabled/state", b"ON")]:
-            collector.wait_for(lambda m: read_retained(broker.host, broker.port, topic) == available, timeout=30)
+            collector.wait_for(lambda m, topic=topic, available=available:
+                               read_retained(broker.host, broker.port, topic) == available, timeout=30)
         # Label attributes come with the events, scores with the classifications (rate-limited).
         collector.wait_for(lambda m: any(t == f"{prefix}/drive/red_thing/score" for t, _, _ in m), timeout=30)
         collector.wait_for(lambda m: any(t == f"{prefix}/drive/red_thing/attributes" for t, _, _ in m), timeout=30)
@@ -125,7 +126,8 @@ def test_discovery_is_announced_resent_on_birth_and_follows_the_config(tmp_path,
         # The states they point at are there: the stream is online, the top label is one of the camera's labels.
         collector.wait_for(lambda m: any(t == f"{prefix}/porch/top_label" for t, _, _ in m), timeout=30)
         assert read_retained(broker.host, broker.port, f"{prefix}/porch/status") == b"online"
-        assert read_retained(broker.host, broker.port, f"{prefix}/porch/top_label") in (b"red_thing", b"blue_thing", b"nothing")
+        top_label = read_retained(broker.host, broker.port, f"{prefix}/porch/top_label")
+        assert top_label in (b"red_thing", b"blue_thing", b"nothing")
         retained = read_retained(broker.host, broker.port, f"{ha}/switch/{node}/drive_enabled/config")
         assert json.loads(retained)["command_topic"] == f"{prefix}/drive/enabled/set"
 
@@ -181,7 +183,8 @@ def test_threshold_and_enable_at_runtime_and_bad_commands_change_nothing(tmp_pat
     }
     daemon = start_daemon(base_config(tiny_clip_dir, broker, prefix, cameras, labels=LABELS))
     det_a, det_b = f"{prefix}/a/detection", f"{prefix}/b/detection"
-    collector.wait_for(lambda m: len(collector.messages(det_a)) >= 4 and len(collector.messages(det_b)) >= 4, timeout=60)
+    collector.wait_for(lambda m: len(collector.messages(det_a)) >= 4 and len(collector.messages(det_b)) >= 4,
+                       timeout=60)
     assert read_retained(broker.host, broker.port, f"{prefix}/a/enabled/state") == b"ON"
     assert read_retained(broker.host, broker.port, f"{prefix}/a/red_thing/threshold/state") == b"0.0"
     labels_state = read_retained(broker.host, broker.port, f"{prefix}/labels/state")
@@ -203,7 +206,8 @@ def test_threshold_and_enable_at_runtime_and_bad_commands_change_nothing(tmp_pat
     assert {d["label"] for d in dets} == {"blue_thing"}
     assert "red_thing" in {d["label"] for d in after(f"{prefix}/a/red_thing/threshold/state", b"1.0", det_b, 4)}
     _command(broker, collector, f"{prefix}/a/red_thing/threshold/set", "0")
-    assert {d["label"] for d in after(f"{prefix}/a/red_thing/threshold/state", b"0.0", det_a, 6)} == {"red_thing", "blue_thing"}
+    detected = after(f"{prefix}/a/red_thing/threshold/state", b"0.0", det_a, 6)
+    assert {d["label"] for d in detected} == {"red_thing", "blue_thing"}
 
     # Camera b switched off: nothing from it while a goes on; switched on: back.
     _command(broker, collector, f"{prefix}/b/enabled/set", "OFF")
@@ -240,7 +244,8 @@ def test_threshold_and_enable_at_runtime_and_bad_commands_change_nothing(tmp_pat
     assert read_retained(broker.host, broker.port, f"{prefix}/a/red_thing/threshold/state") == b"0.0"
     assert read_retained(broker.host, broker.port, f"{prefix}/a/enabled/state") == b"ON"
     collector.clear()
-    collector.wait_for(lambda m: len(collector.messages(det_a)) >= 4 and len(collector.messages(det_b)) >= 4, timeout=30)
+    collector.wait_for(lambda m: len(collector.messages(det_a)) >= 4 and len(collector.messages(det_b)) >= 4,
+                       timeout=30)
     for d in collector.json_messages(f"{prefix}/+/detection"):
         assert set(d["scores"]) == set(LABELS)
     assert daemon.proc.poll() is None, daemon.output
@@ -274,7 +279,8 @@ def test_live_label_change_switches_between_batches_without_dropping_frames(tmp_
         msgs = collector.wait_for(lambda m: first_new(m) is not None, timeout=30)
         switch = first_new(msgs)
         last = switch + 40
-        collector.wait_for(lambda m: any(t == det and json.loads(p)["frame_index"] >= last for t, p, _ in m), timeout=30)
+        collector.wait_for(lambda m: any(t == det and json.loads(p)["frame_index"] >= last for t, p, _ in m),
+                           timeout=30)
         daemon.signal(signal.SIGKILL)
         by_frame: dict[int, set] = {}
         for d in collector.json_messages(det):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from streamclf.config import Config, LabelConfig, parse_config
-from streamclf.decisions import Decider, AlertRules, Decisions, EventType
+from streamclf.decisions import AlertRules, Decider, Decisions, EventType
 from streamclf.entities import Classification
 
 

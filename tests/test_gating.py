@@ -39,7 +39,8 @@ def _with_object(image: np.ndarray) -> np.ndarray:
 def _run(gate: ChangeGate, frames: list[Frame]) -> list:
     """Plan, 'run the model' (scores name the frame that produced them), resolve."""
     plan = gate.plan(frames)
-    model_scores = [{"frame": float(f.frame_index)} if d is None else None for f, d in zip(frames, plan.decisions)]
+    model_scores = [{"frame": float(f.frame_index)} if d is None else None
+                    for f, d in zip(frames, plan.decisions, strict=True)]
     return gate.resolve(plan, model_scores)
 
 
@@ -127,7 +128,8 @@ def test_zones_are_gated_by_their_own_crop_and_forgotten_with_their_camera():
 
     def run(frames):
         plan = gate.plan(frames, keys=keys)
-        scores = [{"frame": float(f.frame_index)} if d is None else None for f, d in zip(frames, plan.decisions)]
+        scores = [{"frame": float(f.frame_index)} if d is None else None
+                  for f, d in zip(frames, plan.decisions, strict=True)]
         return plan, gate.resolve(plan, scores)
 
     run([_frame(porch, 0.0), _frame(drive, 0.0)])

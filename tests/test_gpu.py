@@ -83,7 +83,8 @@ def test_auto_picks_fp16_and_device_preprocessing_on_cuda(tiny_clip_dir):
 
 @pytest.mark.parametrize(
     "batch_size, buckets",
-    [(1, (1,)), (2, (1, 2)), (8, (1, 2, 4, 8)), (12, (1, 2, 4, 8, 12)), (64, (1, 2, 4, 8, 16, 32, 64)), (0, ValueError)],
+    [(1, (1,)), (2, (1, 2)), (8, (1, 2, 4, 8)), (12, (1, 2, 4, 8, 12)), (64, (1, 2, 4, 8, 16, 32, 64)),
+     (0, ValueError)],
 )
 def test_graph_buckets(batch_size, buckets):
     if buckets is ValueError:

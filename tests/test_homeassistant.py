@@ -95,10 +95,12 @@ def test_images_follow_mqtt_snapshots_and_events_per_camera_or_zone():
     component, image = entities["front_gate_snapshot_person"]
     assert component == "image" and image["image_topic"] == "home/clf/front_gate/person/snapshot"
     assert image["content_type"] == "image/jpeg" and image["name"] == "Person snapshot"
-    assert entities["back_yard_zone_porch_snapshot_person"][1]["image_topic"] == "home/clf/back_yard/porch/person/snapshot"
+    porch_snapshot = entities["back_yard_zone_porch_snapshot_person"][1]
+    assert porch_snapshot["image_topic"] == "home/clf/back_yard/porch/person/snapshot"
     snaps = cfg.events.snapshots
     for off in ({"mqtt": False}, {"enabled": False}):
-        quiet = cfg.model_copy(update={"events": cfg.events.model_copy(update={"snapshots": snaps.model_copy(update=off)})})
+        quiet_events = cfg.events.model_copy(update={"snapshots": snaps.model_copy(update=off)})
+        quiet = cfg.model_copy(update={"events": quiet_events})
         assert not [k for k, (c, _) in by_id(quiet).items() if c == "image"]
     events = {k: c for k, (comp, c) in entities.items() if comp == "event"}
     assert set(events) == {"front_gate_event", "back_yard_zone_porch_event", "back_yard_zone_lawn_edge_event"}
@@ -160,7 +162,8 @@ def test_attributes_follow_events_and_scores_are_rate_limited(monkeypatch):
     c = Classification("front_gate", 0, 0.0, 0.0, {"person": 0.8, "delivery_van": 0.1, "empty": 0.1})
     alerts.publish(decider.observe(c, now=0.0))
     attrs = json.loads(pub.retained["home/clf/front_gate/person/attributes"])
-    assert (attrs["score"], attrs["top_score"]) == (0.8, 0.8) and attrs["event_id"] and attrs["since"].endswith("+00:00")
+    assert (attrs["score"], attrs["top_score"]) == (0.8, 0.8)
+    assert attrs["event_id"] and attrs["since"].endswith("+00:00")
     alerts.publish(decider.observe(Classification("front_gate", 1, 0, 0, {"person": 0.1, "empty": 0.9}), now=1.0))
     ended = json.loads(pub.retained["home/clf/front_gate/person/attributes"])
     assert ended["event_id"] == attrs["event_id"] and ended["score"] == 0.1 and ended["top_score"] == 0.8

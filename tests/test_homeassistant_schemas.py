@@ -81,9 +81,10 @@ def test_every_discovery_payload_passes_home_assistants_schemas():
     cfg = parse_config(CONFIG)
     payloads = announced(cfg)
     assert {t.split("/")[1] for t in payloads} == {"binary_sensor", "sensor", "number", "switch", "image", "event"}
+    event_samples = {"start": json.dumps(START.payload()), "porch_end": json.dumps(PORCH_END.payload())}
     samples = {
-        "home/clf/front_gate/event": {"start": json.dumps(START.payload()), "porch_end": json.dumps(PORCH_END.payload())},
-        "home/clf/back_yard/event": {"start": json.dumps(START.payload()), "porch_end": json.dumps(PORCH_END.payload())},
+        "home/clf/front_gate/event": event_samples,
+        "home/clf/back_yard/event": event_samples,
         "home/clf/stats": {"stats": json.dumps(STATS)},
     }
     report = home_assistant_check(payloads, samples)

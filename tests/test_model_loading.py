@@ -62,7 +62,8 @@ def test_save_pretrained_weights_are_owner_only_and_still_load_when_readable(mod
 
 def _write_nested(d: Path) -> None:
     """processor_config.json as transformers 5 writes it: the image processor's settings nested in it."""
-    (d / "processor_config.json").write_text(json.dumps({"image_processor": CUSTOM, "processor_class": "CLIPProcessor"}))
+    nested = {"image_processor": CUSTOM, "processor_class": "CLIPProcessor"}
+    (d / "processor_config.json").write_text(json.dumps(nested))
 
 
 def _write_legacy(d: Path) -> None:
@@ -75,7 +76,8 @@ def _save_with_transformers(d: Path) -> None:
     from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTokenizer
 
     settings = {k: v for k, v in CUSTOM.items() if k != "image_processor_type"}
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(**settings), tokenizer=CLIPTokenizer.from_pretrained(d))
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(**settings),
+                              tokenizer=CLIPTokenizer.from_pretrained(d))
     processor.save_pretrained(d)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import signal
 import socket
@@ -147,7 +146,8 @@ def test_camera_reliability_settings_have_defaults_and_are_validated():
     [
         ("rtsp_transport: http", "cameras.c.rtsp_transport"),
         ("stall_timeout_s: 0", "cameras.c.stall_timeout_s"),
-        ("reconnect_backoff_initial_s: 5\n    reconnect_backoff_max_s: 1", "must be at least reconnect_backoff_initial_s"),
+        ("reconnect_backoff_initial_s: 5\n    reconnect_backoff_max_s: 1",
+         "must be at least reconnect_backoff_initial_s"),
         ("stall_timeout: 5", "unknown key"),
     ],
 )
@@ -233,7 +233,8 @@ def test_watchdog_reopens_a_stream_whose_read_never_returns():
 
     cfg = CameraConfig(source="rtsp://cam/x", fps=100, **{**FAST, "stall_timeout_s": 0.5})
     batcher = Batcher(batch_size=64, max_batch_wait_s=1, max_pending=64)
-    cam = LiveCamera("hang", cfg, batcher, seen.append, "rtsp://cam/x", open_source=open_source, probe=lambda u, t: None)
+    cam = LiveCamera("hang", cfg, batcher, seen.append, "rtsp://cam/x", open_source=open_source,
+                     probe=lambda u, t: None)
     cam.start()
     try:
         wait_until(lambda: any(s.state is CameraState.ONLINE for s in seen), 5, "online")
@@ -250,7 +251,7 @@ def test_watchdog_reopens_a_stream_whose_read_never_returns():
         t0 = time.monotonic()
         cam.stop()
         cam.join(2)
-        assert not cam._thread.is_alive() and time.monotonic() - t0 < 1.0  # stop never waits on a stuck read
+        assert not cam.thread_alive and time.monotonic() - t0 < 1.0  # stop never waits on a stuck read
         unblock.set()
     wait_until(lambda: opened[0].released, 2, "the abandoned capture to be released by its own thread")
 
@@ -284,7 +285,7 @@ def test_an_open_that_never_returns_is_abandoned_and_retried_with_capped_backoff
     assert later and all(s.reason == "capture failed" for s in later)
     assert all("hunter2" not in s.last_error and "***@" in s.last_error for s in later)
     assert [s.reconnect_attempts for s in seen if s.state is CameraState.OFFLINE][:4] == [1, 2, 3, 4]
-    gaps = [b - a for a, b in zip(calls[1:], calls[2:])]
+    gaps = [b - a for a, b in zip(calls[1:], calls[2:], strict=False)]
     assert gaps[0] < gaps[-1] < 0.2 + 0.3  # exponential, then capped at reconnect_backoff_max_s
 
 
@@ -302,18 +303,18 @@ def test_rtsp_camera_that_freezes_or_dies_goes_offline_and_recovers_while_anothe
             "steady": {"source": str(steady), "fps": 5, "loop": True},
         }
         daemon = start_daemon(base_config(tiny_clip_dir, broker, prefix, cameras, labels=one_label_per_frame()))
-        collector.wait_for(lambda m: len(detections(collector, "live")) >= 3 and last_status(collector, "live") == b"online",
-                           timeout=40)
+        collector.wait_for(lambda m: len(detections(collector, "live")) >= 3
+                           and last_status(collector, "live") == b"online", timeout=40)
 
         # 1. The server freezes (SIGSTOP): the TCP connection stays open, read() just waits.
-        os.kill(rtsp._proc.pid, signal.SIGSTOP)
+        rtsp.freeze()
         t_freeze = time.monotonic()
         collector.wait_for(lambda m: last_status(collector, "live") == b"offline", timeout=10)
         assert time.monotonic() - t_freeze < 2 + 2.0  # stall_timeout_s plus a margin
         assert details(collector, "live")[-1]["reason"] == "stalled"
         steady_before = len(detections(collector, "steady"))
         time.sleep(1.5)
-        os.kill(rtsp._proc.pid, signal.SIGCONT)
+        rtsp.thaw()
         n_live = len(detections(collector, "live"))
         collector.wait_for(lambda m: last_status(collector, "live") == b"online"
                            and len(detections(collector, "live")) >= n_live + 2, timeout=20)
@@ -423,7 +424,8 @@ def test_broker_outage_delivers_everything_queued_and_counts_what_overflowed(tmp
 
         roomy, small = run("roomy", 5000), run("small", 10)
         for name in ("roomy", "small"):
-            collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/{name}/cam/detection")) >= 5, timeout=40)
+            collector.wait_for(lambda m, name=name: len(collector.json_messages(f"{prefix}/{name}/cam/detection")) >= 5,
+                               timeout=40)
 
         before_outage = len(collector.all)
         b.stop()
@@ -432,8 +434,8 @@ def test_broker_outage_delivers_everything_queued_and_counts_what_overflowed(tmp
         collector.wait_subscribed()  # before the daemons: paho's backoff has them retry 1, 2 and 4 s after the loss
         for name in ("roomy", "small"):
             # The broker forgot its retained messages (no persistence): streamclf publishes them again.
-            collector.wait_for(lambda m: any(t == f"{prefix}/{name}/available" and p == b"online"
-                                             for t, p, _ in m[before_outage:]), timeout=15)
+            collector.wait_for(lambda m, name=name: any(t == f"{prefix}/{name}/available" and p == b"online"
+                                                         for t, p, _ in m[before_outage:]), timeout=15)
             assert read_retained(b.host, b.port, f"{prefix}/{name}/available") == b"online"
             assert read_retained(b.host, b.port, f"{prefix}/{name}/cam/status") == b"online"
         assert roomy.wait(40) == 0 and small.wait(20) == 0, roomy.output + small.output

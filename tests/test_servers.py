@@ -1,11 +1,9 @@
 """Smoke tests for the real test servers in tests/servers (mosquitto, RTSP, videos)."""
-import os
 import time
 
 import pytest
 
-from tests.servers import (MosquittoBroker, MqttCollector, RtspServer, free_port, have_rtsp,
-                           make_video, read_retained)
+from tests.servers import MosquittoBroker, MqttCollector, RtspServer, free_port, have_rtsp, make_video, read_retained
 
 cv2 = pytest.importorskip("cv2")
 needs_rtsp = pytest.mark.skipif(

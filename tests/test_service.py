@@ -25,7 +25,7 @@ from streamclf.service.health import ProgressMonitor, RateMeter, evaluate_progre
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import plan_reload
 from streamclf.status import InferenceStatus
-from tests.conftest import REPO, base_config, daemon_env, write_config, wait_until
+from tests.conftest import REPO, base_config, daemon_env, wait_until, write_config
 from tests.servers import MosquittoBroker, MqttCollector, free_port, make_video, read_retained
 
 UNIT = REPO / "systemd" / "streamclf.service"
@@ -217,7 +217,8 @@ def test_password_credential(tmp_path, files, env_dir, expected, error):
 
 
 def test_missing_credential_is_a_config_error_with_key_and_line(tmp_path):
-    text = "mqtt:\n  username: u\n  password_credential: mqtt_password\nlabels: {a: {}, b: {}}\ncameras: {c: {source: x.mp4}}\n"
+    text = ("mqtt:\n  username: u\n  password_credential: mqtt_password\n"
+            "labels: {a: {}, b: {}}\ncameras: {c: {source: x.mp4}}\n")
     with pytest.raises(ConfigError) as exc:
         parse_config(text, "c.yaml", env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
     [problem] = exc.value.problems
@@ -248,7 +249,8 @@ def _cfg(**changes):
         ({"labels": {"a": {}, "b": {}, "bg": {"background": True}, "c": {}}},
          {"labels_changed": True, "reencode_labels": True}),
         ({"cameras": {"one": {"source": "1.mp4", "fps": 5}, "three": {"source": "3.mp4"}}},
-         {"cameras_added": ("three",), "cameras_removed": ("two",), "cameras_restarted": ("one",), "labels_changed": False}),
+         {"cameras_added": ("three",), "cameras_removed": ("two",), "cameras_restarted": ("one",),
+          "labels_changed": False}),
         ({"cameras": {"one": {"source": "1.mp4"}, "two": {"source": "2.mp4", "labels": ["b", "bg"]}}},
          {"labels_changed": True}),  # a camera's label list: rescored, not restarted
         ({"cameras": {"one": {"source": "1.mp4", "zones": {"door": {"box": [0, 0, 0.5, 1]}},
@@ -297,7 +299,8 @@ def test_unit_starts_without_a_password_file():
     # (status=243/CREDENTIALS): the credential belongs in the mqtt-password.conf drop-in.
     active = [line for line in UNIT.read_text().splitlines() if line.startswith("LoadCredential")]
     assert active == []
-    assert "LoadCredential=mqtt_password:/etc/streamclf/mqtt_password" in (UNIT.parent / "mqtt-password.conf").read_text()
+    drop_in = (UNIT.parent / "mqtt-password.conf").read_text()
+    assert "LoadCredential=mqtt_password:/etc/streamclf/mqtt_password" in drop_in
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
@@ -404,8 +407,8 @@ def test_metrics_and_stats_agree_with_what_reached_the_broker(tmp_path, broker, 
     assert status == 200 and json.loads(body)["status"] == "ok", body
 
     # <prefix>/stats carries the same figures.
-    collector.wait_for(lambda msgs: any(s["frames_classified"] == 12 for s in collector.json_messages(f"{prefix}/stats")),
-                       timeout=10)
+    collector.wait_for(
+        lambda msgs: any(s["frames_classified"] == 12 for s in collector.json_messages(f"{prefix}/stats")), timeout=10)
     stats = [s for s in collector.json_messages(f"{prefix}/stats") if s["frames_classified"] == 12][-1]
     assert stats["cameras"]["a"] == {"state": "ended", "frames_captured": 12, "frames_sampled": 12,
                                      "frames_classified": 12, "frames_dropped": {}, "reconnects": 0}

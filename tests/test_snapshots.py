@@ -61,7 +61,7 @@ def test_directory_keeps_at_most_max_files_counting_earlier_runs(tmp_path):
     writer.start()
     image = np.full((40, 40, 3), 128, np.uint8)
     for i in range(5):
-        writer.submit(SnapshotRequest(image, f"p/cam/person/snapshot" if i % 2 == 0 else None, f"snap-{i}"))
+        writer.submit(SnapshotRequest(image, "p/cam/person/snapshot" if i % 2 == 0 else None, f"snap-{i}"))
     _wait(lambda: writer.written == 5)
     writer.stop()
     assert sorted(p.name for p in (tmp_path / "snaps").glob("*.jpg")) == ["snap-2.jpg", "snap-3.jpg", "snap-4.jpg"]

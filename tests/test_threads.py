@@ -149,7 +149,7 @@ def test_a_file_camera_decodes_in_the_scheduling_class_its_config_asks_for(tmp_p
     cam.start()
     try:
         wait_until(lambda: batcher.accepted >= 2, 10, "the camera has queued frames")
-        policy = os.sched_getscheduler(cam._thread.native_id)
+        policy = os.sched_getscheduler(cam.thread_native_id)
     finally:
         cam.stop()
         batcher.close()

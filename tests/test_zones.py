@@ -13,8 +13,8 @@ from streamclf.config import Config, ModelConfig
 from streamclf.decisions import Decider
 from streamclf.entities import Frame
 from streamclf.model import ClipClassifier
-from streamclf.observer import PipelineObserver
 from streamclf.mqtt_client import MqttClient
+from streamclf.observer import PipelineObserver
 from streamclf.state import BatchState, PipelineState
 from streamclf.zones import Zone, ZoneCropper
 
@@ -93,7 +93,11 @@ def test_batch_classifier_classifies_each_zone_as_its_own_image_in_one_batch(tin
     batches = BatchClassifier(classifier, state, Batcher(4, 0.05), None, [seen.append], PipelineObserver())
     calls = []
     embed = classifier.embed_images
-    classifier.embed_images = lambda images, bgr, prepared=None: calls.append(len(images)) or embed(images, bgr, prepared)
+    def counting_embed(images, bgr, prepared=None):
+        calls.append(len(images))
+        return embed(images, bgr, prepared)
+
+    classifier.embed_images = counting_embed
 
     image = pattern()
     image[:, :160] = (200, 30, 30)  # a different scene in each half
@@ -104,7 +108,7 @@ def test_batch_classifier_classifies_each_zone_as_its_own_image_in_one_batch(tin
     assert [(c.camera, c.zone, c.frame_index) for c in seen] == [("zoned", "left", 3), ("zoned", "right", 3),
                                                                   ("whole", None, 4)]
     crops = [image[:, :160], image[:, 160:], image]
-    for c, crop in zip(seen, crops):
+    for c, crop in zip(seen, crops, strict=True):
         np.testing.assert_array_equal(c.image, crop)
         alone = classifier.score(embed([crop], bgr=True), label_set, [["red_thing", "blue_thing"]])[0]
         assert c.scores == pytest.approx(alone, abs=1e-5)

@@ -128,6 +128,16 @@ class Camera:
         self._thread.join(timeout)
 
     @property
+    def thread_alive(self) -> bool:
+        """True while the capture thread runs (False before start and after it returned)."""
+        return self._thread.is_alive()
+
+    @property
+    def thread_native_id(self) -> int | None:
+        """The OS id of the capture thread (None before start): for checking its scheduling policy."""
+        return self._thread.native_id
+
+    @property
     def finished(self) -> bool:
         """True once the camera will produce no more frames (file ended, or stopped)."""
         return self.state is CameraState.ENDED or not self._thread.is_alive() and self._thread.ident is not None
@@ -161,7 +171,7 @@ class Camera:
         # model-sized crop, so a full-size colour conversion here would be wasted work.
         captured = time.monotonic()
         model_input = None
-        if self._prepare_here:
+        if self._prepare_here and self._prepare is not None:
             try:
                 model_input = self._prepare(bgr)
             except Exception:  # the inference thread prepares it instead; said once, not per frame

@@ -54,7 +54,8 @@ class FileCamera(Camera):
             index_offset += n
         if self._stop.is_set():
             return  # stopped, not ended: the pipeline reports that
-        log.info("camera %s: end of file after %d frames (%d sampled)", self.name, self.frames_read, self.frames_sampled)
+        log.info("camera %s: end of file after %d frames (%d sampled)",
+                 self.name, self.frames_read, self.frames_sampled)
         self._set_state(CameraState.ENDED, "end of file")
 
     def _end_unreadable(self, where: str) -> None:
@@ -76,7 +77,8 @@ class FileCamera(Camera):
             log.warning("camera %s: file reports no frame rate; assuming %.0f fps", self.name, src_fps)
         return src_fps
 
-    def _read_pass(self, cap: cv2.VideoCapture, src_fps: float, time_offset: float, index_offset: int) -> tuple[int, float]:
+    def _read_pass(self, cap: cv2.VideoCapture, src_fps: float, time_offset: float,
+                   index_offset: int) -> tuple[int, float]:
         """Read the file once; returns (frames read, media duration in seconds)."""
         period = 1.0 / self.cfg.fps
         next_due = 0.0

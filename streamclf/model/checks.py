@@ -158,7 +158,8 @@ def graphed_if_equal(encode: Callable[[torch.Tensor], torch.Tensor], row_shape: 
     example = torch.zeros((1, *row_shape), dtype=dtype, device=device)
     try:
         graphed = GraphedEncoder(encode, example, batch_size)
-        pixels = torch.randn((min(3, batch_size), *row_shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
+        pixels = torch.randn((min(3, batch_size), *row_shape),
+                             generator=torch.Generator().manual_seed(0)).to(device, dtype)
         with torch.inference_mode():
             cosine = torch.nn.functional.cosine_similarity(graphed(pixels), encode(pixels), dim=-1).min().item()
     except (RuntimeError, NotImplementedError) as exc:

@@ -188,7 +188,8 @@ class ClipClassifier:
         return torch.nn.functional.normalize(emb.float(), dim=-1)
 
     @torch.inference_mode()
-    def score(self, embeddings: torch.Tensor, labels: LabelSet, subsets: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+    def score(self, embeddings: torch.Tensor, labels: LabelSet,
+              subsets: Sequence[Sequence[str]]) -> list[dict[str, float]]:
         """Softmax(logit_scale * cosine) of each embedding over its own subset of label names."""
         cos = (embeddings @ labels.embeddings.T).cpu()
         results = []

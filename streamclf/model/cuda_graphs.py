@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -61,7 +61,9 @@ class GraphedEncoder:
         self._row_shape = tuple(example.shape[1:])
         self._dtype = example.dtype
         self._device = example.device
-        self._pool = None  # one memory pool for every bucket's graph (see the module's docstring)
+        # One memory pool for every bucket's graph (see the module's docstring). Any: torch names the
+        # handle's type only privately.
+        self._pool: Any = None
         started = time.perf_counter()
         self._graphs: dict[int, CapturedGraph] = {}
         for n in reversed(self.buckets):

@@ -12,7 +12,8 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelLoadError(f"model.device is {requested!r} but PyTorch sees no CUDA device (torch {torch.__version__})")
+        raise ModelLoadError(
+            f"model.device is {requested!r} but PyTorch sees no CUDA device (torch {torch.__version__})")
     return torch.device(requested)
 
 

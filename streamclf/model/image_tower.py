@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import QuickGELUActivation
 
+from streamclf.model.hf_layout import ClipEncoderLayer, ClipVisionModel
+
 # quick_gelu(z) = z * sigmoid(1.702 z) = swish(1.702 z) / 1.702, and oneDNN fuses swish into a matmul.
 _QUICK_GELU_ALPHA = 1.702
 
@@ -62,7 +64,8 @@ def cpu_can_pack(dtype: torch.dtype) -> bool:
         return False
     if dtype == torch.bfloat16:
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            # torch has no public check for oneDNN's bf16 kernels; the private op is the one answer.
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # noqa: SLF001
         except (AttributeError, RuntimeError):
             return False
     return dtype == torch.float32
@@ -82,21 +85,26 @@ class PackedLinear(nn.Module):
         weight = linear.weight.detach()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
         self.activation = activation
-        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight, rows), persistent=False)
+        # oneDNN's prepacked linear ops are private in torch (torch.compile's freezing uses them); there is
+        # no public way to pack a weight once. A torch without them fails the load-time check instead.
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)  # noqa: SLF001
+        self.register_buffer("packed_weight", packed, persistent=False)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, self.activation, [], "")
+        return torch.ops.mkldnn._linear_pointwise(  # noqa: SLF001 (see __init__)
+            x, self.packed_weight, self.bias, self.activation, [], "")
 
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed_weight, self.bias, "add")
+        return torch.ops.mkldnn._linear_pointwise.binary(  # noqa: SLF001 (see __init__)
+            x, residual, self.packed_weight, self.bias, "add")
 
 
 class _Layer(nn.Module):
     """One pre-norm encoder layer: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, hf_layer: nn.Module, cls_only: bool):
+    def __init__(self, hf_layer: ClipEncoderLayer, cls_only: bool):
         super().__init__()
         attn = hf_layer.self_attn
         self.heads = attn.num_heads
@@ -104,18 +112,18 @@ class _Layer(nn.Module):
         self.cls_only = cls_only
         self.layer_norm1 = hf_layer.layer_norm1
         self.layer_norm2 = hf_layer.layer_norm2
-        self.out_proj = attn.out_proj
-        self.fc1 = hf_layer.mlp.fc1
+        self.out_proj: nn.Linear | PackedLinear = attn.out_proj
+        self.fc1: nn.Linear | PackedLinear = hf_layer.mlp.fc1
         self.activation = hf_layer.mlp.activation_fn
-        self.fc2 = hf_layer.mlp.fc2
+        self.fc2: nn.Linear | PackedLinear = hf_layer.mlp.fc2
         q_w, q_b = attn.q_proj.weight * attn.scale, attn.q_proj.bias * attn.scale
         kv_w = torch.cat([attn.k_proj.weight, attn.v_proj.weight])
         kv_b = torch.cat([attn.k_proj.bias, attn.v_proj.bias])
         if cls_only:  # the query of one token, keys and values of all
-            self.q_proj = _linear(q_w, q_b)
-            self.kv_proj = _linear(kv_w, kv_b)
+            self.q_proj: nn.Linear | PackedLinear = _linear(q_w, q_b)
+            self.kv_proj: nn.Linear | PackedLinear = _linear(kv_w, kv_b)
         else:
-            self.qkv_proj = _linear(torch.cat([q_w, kv_w]), torch.cat([q_b, kv_b]))
+            self.qkv_proj: nn.Linear | PackedLinear = _linear(torch.cat([q_w, kv_w]), torch.cat([q_b, kv_b]))
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         n, t, _ = x.shape
@@ -143,7 +151,7 @@ class ImageTower(nn.Module):
     up to float rounding. Input must be the model's own image size (no position interpolation).
     """
 
-    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module):
+    def __init__(self, vision_model: ClipVisionModel, visual_projection: nn.Linear):
         super().__init__()
         emb = vision_model.embeddings
         conv = emb.patch_embedding
@@ -160,18 +168,21 @@ class ImageTower(nn.Module):
         self.image_size = emb.image_size
         self.channels = conv.in_channels
         # The convolution as a linear layer over flattened (channels, patch, patch) pixels.
-        self.patch_embedding = _linear(conv.weight.detach().reshape(conv.out_channels, -1), None)
+        self.patch_embedding: nn.Linear | PackedLinear = _linear(
+            conv.weight.detach().reshape(conv.out_channels, -1), None)
         self.class_embedding = emb.class_embedding
         self.position_embedding = emb.position_embedding
         self.pre_layernorm = vision_model.pre_layrnorm
-        self.layers = nn.ModuleList(_Layer(l, cls_only=(i == len(hf_layers) - 1)) for i, l in enumerate(hf_layers))
+        last = len(hf_layers) - 1
+        self.layers = nn.ModuleList(_Layer(layer, cls_only=(i == last)) for i, layer in enumerate(hf_layers))
         self.post_layernorm = vision_model.post_layernorm
-        self.projection = visual_projection
+        self.projection: nn.Linear | PackedLinear = visual_projection
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         n, c, h, w = pixel_values.shape
         if (c, h, w) != (self.channels, self.image_size, self.image_size):
-            raise ValueError(f"input {c}x{h}x{w} does not match the model's {self.channels}x{self.image_size}x{self.image_size}")
+            expected = f"{self.channels}x{self.image_size}x{self.image_size}"
+            raise ValueError(f"input {c}x{h}x{w} does not match the model's {expected}")
         p, g = self.patch, self.image_size // self.patch
         positions = self.position_embedding.weight
         patches = pixel_values.to(positions.dtype).reshape(n, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
@@ -181,6 +192,11 @@ class ImageTower(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.projection(self.post_layernorm(x[:, 0]))
+
+    @property
+    def encoder_layers(self) -> list[_Layer]:
+        """The encoder layers, in order (``layers`` as the type they are)."""
+        return [layer for layer in self.layers if isinstance(layer, _Layer)]
 
     def packed_for_cpu(self, batch_size: int) -> "ImageTower":
         """A copy whose linear layers are PackedLinear (oneDNN, CPU), sized for ``batch_size`` frames.
@@ -192,30 +208,38 @@ class ImageTower(nn.Module):
         tower = copy.deepcopy(self)
         tokens = (self.image_size // self.patch) ** 2 + 1
         rows = batch_size * tokens
-        for layer in tower.layers:
+        for layer in tower.encoder_layers:
             if layer.cls_only:
-                layer.q_proj = PackedLinear(layer.q_proj, batch_size)
-                layer.kv_proj = PackedLinear(layer.kv_proj, rows)
+                layer.q_proj = PackedLinear(_plain(layer.q_proj), batch_size)
+                layer.kv_proj = PackedLinear(_plain(layer.kv_proj), rows)
             else:
-                layer.qkv_proj = PackedLinear(layer.qkv_proj, rows)
+                layer.qkv_proj = PackedLinear(_plain(layer.qkv_proj), rows)
             out_rows = batch_size if layer.cls_only else rows
-            layer.out_proj = PackedLinear(layer.out_proj, out_rows)
+            layer.out_proj = PackedLinear(_plain(layer.out_proj), out_rows)
+            fc1, fc2 = _plain(layer.fc1), _plain(layer.fc2)
             if isinstance(layer.activation, QuickGELUActivation):
-                layer.fc1 = PackedLinear(_scaled(layer.fc1, _QUICK_GELU_ALPHA, scale_bias=True), out_rows, "swish")
-                layer.fc2 = PackedLinear(_scaled(layer.fc2, 1.0 / _QUICK_GELU_ALPHA, scale_bias=False), out_rows)
+                layer.fc1 = PackedLinear(_scaled(fc1, _QUICK_GELU_ALPHA, scale_bias=True), out_rows, "swish")
+                layer.fc2 = PackedLinear(_scaled(fc2, 1.0 / _QUICK_GELU_ALPHA, scale_bias=False), out_rows)
                 layer.activation = nn.Identity()
             else:
-                layer.fc1 = PackedLinear(layer.fc1, out_rows)
-                layer.fc2 = PackedLinear(layer.fc2, out_rows)
-        tower.patch_embedding = PackedLinear(tower.patch_embedding, batch_size * (tokens - 1))
-        tower.projection = PackedLinear(tower.projection, batch_size)
+                layer.fc1 = PackedLinear(fc1, out_rows)
+                layer.fc2 = PackedLinear(fc2, out_rows)
+        tower.patch_embedding = PackedLinear(_plain(tower.patch_embedding), batch_size * (tokens - 1))
+        tower.projection = PackedLinear(_plain(tower.projection), batch_size)
         return tower
 
 
 def _scaled(linear: nn.Linear, factor: float, scale_bias: bool) -> nn.Linear:
     """A copy of ``linear`` with its weight (and its bias if ``scale_bias``) times ``factor``, computed in fp32."""
     weight = (linear.weight.detach().float() * factor).to(linear.weight.dtype)
-    bias = linear.bias
+    bias: torch.Tensor | None = linear.bias
     if bias is not None:
         bias = (bias.detach().float() * factor).to(bias.dtype) if scale_bias else bias.detach()
     return _linear(weight, bias)
+
+
+def _plain(layer: nn.Linear | PackedLinear) -> nn.Linear:
+    """``layer`` as the ``nn.Linear`` it must still be before packing; packing twice is a bug."""
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"expected an unpacked nn.Linear, got {type(layer).__name__}")
+    return layer

@@ -57,7 +57,8 @@ def _load_error(name: str, cause: BaseException | str) -> ModelLoadError:
 
     looked = []
     if _looks_like_path(name) or Path(name).exists():
-        looked.append(f"the local directory {os.path.abspath(name)} ({'exists' if Path(name).is_dir() else 'not found'})")
+        found = "exists" if Path(name).is_dir() else "not found"
+        looked.append(f"the local directory {os.path.abspath(name)} ({found})")
     looked.append(f"the Hugging Face cache {constants.HF_HUB_CACHE}")
     if constants.HF_HUB_OFFLINE:
         looked.append("not the hub: HF_HUB_OFFLINE is set")

@@ -88,7 +88,10 @@ def _resize_planar(image: np.ndarray, height: int, width: int) -> torch.Tensor:
 
 
 def centre_crop(x: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
-    """The centre (crop_h, crop_w) of a (..., H, W) tensor, zero-padded first where it is smaller, as transformers does."""
+    """The centre (crop_h, crop_w) of a (..., H, W) tensor, zero-padded first where it is smaller.
+
+    As transformers does it.
+    """
     nh, nw = x.shape[-2:]
     ch, cw = spec.crop_height, spec.crop_width
     if nh < ch or nw < cw:
@@ -122,7 +125,8 @@ class _Normaliser:
     def __init__(self, spec: PreprocessSpec, device: torch.device):
         # x/255 then (x - mean)/std folded into one multiply-add per channel.
         self.scale = [1.0 / (255.0 * s) for s in spec.std]
-        self.shift = [torch.tensor(-m / s, dtype=torch.float32, device=device) for m, s in zip(spec.mean, spec.std, strict=True)]
+        self.shift = [torch.tensor(-m / s, dtype=torch.float32, device=device)
+                      for m, s in zip(spec.mean, spec.std, strict=True)]
 
     def __call__(self, pixels: torch.Tensor, out: torch.Tensor, bgr: bool) -> torch.Tensor:
         for c in range(3):
@@ -206,7 +210,7 @@ class DeviceBatchPreprocessor:
         self._pin = device.type == "cuda"
         self._normalise = _Normaliser(spec, device)
         # (height, width) -> (pinned uint8 (capacity, h, w, 3), its numpy view, event of the last copy out of it)
-        self._host: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray, object]] = {}
+        self._host: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray, torch.cuda.Event | None]] = {}
         self._outputs: dict[int, torch.Tensor] = {}
 
     def _host_buffer(self, h: int, w: int, n: int) -> tuple[torch.Tensor, np.ndarray]:

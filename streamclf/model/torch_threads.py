@@ -42,7 +42,10 @@ def pin(n: int) -> None:
 
 
 def in_own_thread(fn: Callable[[], T], name: str) -> T:
-    """``fn()`` on a new thread that ends when it returns (and takes its OpenMP pool with it); its result or exception."""
+    """``fn()`` on a new thread that ends when it returns (taking its OpenMP pool with it).
+
+    Returns its result or raises its exception.
+    """
     result: list = []
     error: list[BaseException] = []
 

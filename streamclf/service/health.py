@@ -37,11 +37,13 @@ def evaluate_progress(inference: InferenceStatus, stall_timeout_s: float, now: f
         return Progress(False, "the inference thread has stopped")
     started = inference.batch_started
     if started is not None and now - started > stall_timeout_s:
-        return Progress(False, f"a model call has been running for {now - started:.0f} s (stall_timeout_s {stall_timeout_s:g})")
+        return Progress(
+            False, f"a model call has been running for {now - started:.0f} s (stall_timeout_s {stall_timeout_s:g})")
     last = inference.last_progress
     pending = inference.queue_depth
     if pending and waiting_since is not None and now - max(last, waiting_since) > stall_timeout_s:
-        return Progress(False, f"{pending} frame(s) waiting and none classified for {now - max(last, waiting_since):.0f} s")
+        idle_s = now - max(last, waiting_since)
+        return Progress(False, f"{pending} frame(s) waiting and none classified for {idle_s:.0f} s")
     if now - last <= stall_timeout_s:
         return Progress(True, "classifying")
     return Progress(True, "frames arrived after an idle spell" if pending else "idle: no frames to classify")

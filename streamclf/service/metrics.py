@@ -46,52 +46,72 @@ class FiguresCollector(Collector):
         yield GaugeMetricFamily("streamclf_progressing", "1 while the pipeline makes progress (see /healthz).",
                                 value=1 if f["healthy"] else 0)
         yield GaugeMetricFamily("streamclf_uptime_seconds", "Seconds since the daemon started.", value=f["uptime_s"])
+        yield from self._camera_families(f["cameras"])
+        yield from self._published_families(f)
+        yield GaugeMetricFamily("streamclf_queue_depth_frames", "Frames waiting in the batcher.",
+                                value=f["queue_depth"])
+        yield CounterMetricFamily("streamclf_batches", "Model calls (batches) run.", value=f["batches"])
+        yield from self._mqtt_families(f["mqtt"])
 
+    @staticmethod
+    def _camera_families(cameras: dict):
+        """Per-camera counters, drops by reason, and the camera's state."""
         per_camera = {
             "frames_captured": ("streamclf_frames_captured", "Frames read from the source (decoded or grabbed)."),
             "frames_sampled": ("streamclf_frames_sampled", "Frames sampled at the camera's fps for classification."),
             "frames_classified": ("streamclf_frames_classified", "Frames classified by the model."),
-            "reconnects": ("streamclf_camera_reconnects", "Times the camera was lost or could not be opened and was retried."),
+            "reconnects": ("streamclf_camera_reconnects",
+                           "Times the camera was lost or could not be opened and was retried."),
         }
         for key, (name, doc) in per_camera.items():
             fam = CounterMetricFamily(name, doc, labels=["camera"])
-            for cam, c in f["cameras"].items():
+            for cam, c in cameras.items():
                 fam.add_metric([cam], c[key])
             yield fam
         dropped = CounterMetricFamily("streamclf_frames_dropped", "Frames dropped before classification, by reason.",
                                       labels=["camera", "reason"])
-        for cam, c in f["cameras"].items():
+        for cam, c in cameras.items():
             for reason, n in c["frames_dropped"].items():
                 dropped.add_metric([cam, reason], n)
         yield dropped
-        state = GaugeMetricFamily("streamclf_camera_state", "1 for the camera's current state.", labels=["camera", "state"])
+        state = GaugeMetricFamily("streamclf_camera_state", "1 for the camera's current state.",
+                                  labels=["camera", "state"])
         online = GaugeMetricFamily("streamclf_camera_online", "1 while the camera delivers frames.", labels=["camera"])
         states = list(dict.fromkeys([s.value for s in CameraState] + ["disabled", "removed"]))  # each once
-        for cam, c in f["cameras"].items():
+        for cam, c in cameras.items():
             for s in states:
                 state.add_metric([cam, s], 1 if c["state"] == s else 0)
             online.add_metric([cam], 1 if c["state"] == CameraState.ONLINE.value else 0)
         yield state
         yield online
 
+    @staticmethod
+    def _published_families(f: dict):
+        """Detections and events queued for MQTT, per camera and label."""
         for kind, key in (("detections", "detections_published"), ("events", "events_published")):
-            fam = CounterMetricFamily(f"streamclf_{kind}_published", f"{kind.capitalize()} queued for MQTT, per camera and label.",
+            fam = CounterMetricFamily(f"streamclf_{kind}_published",
+                                      f"{kind.capitalize()} queued for MQTT, per camera and label.",
                                       labels=["camera", "label"])
             for cam, labels in f[key].items():
                 for label, n in labels.items():
                     fam.add_metric([cam, label], n)
             yield fam
-        yield GaugeMetricFamily("streamclf_queue_depth_frames", "Frames waiting in the batcher.", value=f["queue_depth"])
-        yield CounterMetricFamily("streamclf_batches", "Model calls (batches) run.", value=f["batches"])
-        m = f["mqtt"]
-        yield GaugeMetricFamily("streamclf_mqtt_connected", "1 while connected to the broker.", value=1 if m["connected"] else 0)
-        yield GaugeMetricFamily("streamclf_mqtt_queued_messages", "Messages waiting for the broker or its acknowledgement.",
+
+    @staticmethod
+    def _mqtt_families(m: dict):
+        """The MQTT connection: connected, queued, dropped, published, connects."""
+        yield GaugeMetricFamily("streamclf_mqtt_connected", "1 while connected to the broker.",
+                                value=1 if m["connected"] else 0)
+        yield GaugeMetricFamily("streamclf_mqtt_queued_messages",
+                                "Messages waiting for the broker or its acknowledgement.",
                                 value=m["queued_messages"])
-        yield CounterMetricFamily("streamclf_mqtt_dropped_messages", "Oldest messages dropped because the outage queue was full.",
+        yield CounterMetricFamily("streamclf_mqtt_dropped_messages",
+                                  "Oldest messages dropped because the outage queue was full.",
                                   value=m["dropped_messages"])
         yield CounterMetricFamily("streamclf_mqtt_published_messages", "Messages handed to the MQTT client.",
                                   value=m["published_messages"])
-        yield CounterMetricFamily("streamclf_mqtt_connects", "Successful (re)connections to the broker.", value=m["connects"])
+        yield CounterMetricFamily("streamclf_mqtt_connects", "Successful (re)connections to the broker.",
+                                  value=m["connects"])
 
 
 class PipelineMetrics:

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 class SystemdNotifier:
     """Sends READY/STATUS/WATCHDOG/STOPPING to systemd; a no-op without ``NOTIFY_SOCKET``."""
 
-    def __init__(self, env: dict | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
         address = env.get("NOTIFY_SOCKET", "")
         self.address = address
@@ -30,7 +31,8 @@ class SystemdNotifier:
         elif address.startswith("/"):
             self._address = address
         elif address:
-            log.warning("NOTIFY_SOCKET=%r is neither a path nor an abstract socket name; not notifying systemd", address)
+            log.warning("NOTIFY_SOCKET=%r is neither a path nor an abstract socket name; not notifying systemd",
+                        address)
         self.watchdog_interval_s = _watchdog_interval_s(env)
         self._sock: socket.socket | None = None
         self._failed_once = False

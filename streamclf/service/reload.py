@@ -42,7 +42,8 @@ class ReloadPlan:
     labels_changed: bool = False  # labels, thresholds, a camera's labels/overrides/zones, or events
     snapshots_changed: bool = False
     mqtt_changed: bool = False
-    restart_needed: tuple[str, ...] = ()  # keys that differ but only apply at start: model.*, topic prefix, homeassistant.*
+    # Keys that differ but only apply at start: model.*, topic prefix, homeassistant.*.
+    restart_needed: tuple[str, ...] = ()
     metrics_changed: bool = False
     service_changed: bool = False
 
@@ -89,7 +90,8 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     if old.mqtt.topic_prefix != new.mqtt.topic_prefix:
         restart_needed += ("mqtt.topic_prefix",)  # every topic, subscription and retained state derives from it
     restart_needed += tuple(
-        f"homeassistant.{k}" for k, v in new.homeassistant.model_dump().items() if old.homeassistant.model_dump()[k] != v
+        f"homeassistant.{k}" for k, v in new.homeassistant.model_dump().items()
+        if old.homeassistant.model_dump()[k] != v
     )
     same_prefix = {"topic_prefix": old.mqtt.topic_prefix}
     return ReloadPlan(

@@ -55,7 +55,7 @@ def _wait_bindable(host: str, port: int, timeout: float = 10.0) -> None:
                 return
             except OSError:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"port {host}:{port} still in use after {timeout}s")
+                    raise TimeoutError(f"port {host}:{port} still in use after {timeout}s") from None
         time.sleep(0.05)
 
 
@@ -264,6 +264,16 @@ class RtspServer:
             self._reader = None
 
     stop = kill
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: its connections stay open but nothing more arrives (a hung camera)."""
+        assert self._proc is not None, "the server is not running"
+        os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen server: it carries on where it stopped."""
+        assert self._proc is not None, "the server is not running"
+        os.kill(self._proc.pid, signal.SIGCONT)
 
     def restart(self, down_for: float = 0.0) -> "RtspServer":
         self.kill()
