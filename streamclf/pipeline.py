@@ -54,6 +54,7 @@ class Pipeline:
         self.batcher = Batcher(
             cfg.model.batch_size, cfg.model.max_batch_wait_ms / 1000.0,
             max_frame_age_by_camera={n: c.effective_max_frame_age_s for n, c in cfg.cameras.items()},
+            max_pending_bytes=cfg.model.max_queued_frames_mib * 1024 * 1024,
         )
         self.publisher = MqttClient(cfg.mqtt)
         self._base_dir = base_dir

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from streamclf.batching import Batcher
@@ -90,6 +91,20 @@ def _enter_idle_priority(camera: str) -> bool:
     return True
 
 
+def shrink_to_side(bgr: np.ndarray, max_side_px: int | None) -> np.ndarray:
+    """``bgr`` shrunk (aspect kept) so that its longer side is at most ``max_side_px`` pixels; as is when it fits.
+
+    Done once at capture so that every later holder of the frame (the batcher's queue, the zone
+    crops, the snapshot queue) holds the small copy, never the decoded full-size picture.
+    """
+    h, w = bgr.shape[:2]
+    if max_side_px is None or max(h, w) <= max_side_px:
+        return bgr
+    scale = max_side_px / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+
+
 class Camera:
     """Base: a named source, a thread, a stop event and status reporting.
 
@@ -160,6 +175,7 @@ class Camera:
         # Kept in OpenCV's BGR order: the preprocessor reads the channels in RGB order from the
         # model-sized crop, so a full-size colour conversion here would be wasted work.
         captured = time.monotonic()
+        bgr = shrink_to_side(bgr, self.cfg.frame_side_limit_px)
         model_input = None
         if self._prepare_here:
             try:
