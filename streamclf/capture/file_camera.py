@@ -41,6 +41,8 @@ class FileCamera(Camera):
             expected = cap.get(cv2.CAP_PROP_FRAME_COUNT)
             n, duration = self._read_pass(cap, src_fps, pass_offset_s, index_offset)
             cap.release()
+            if n == 0 and self._stop.is_set():
+                return  # stopped before the first frame: says nothing about the file
             if n == 0:
                 self._end_with_error("no decodable frames", f"{where} has no decodable frames")
                 return
