@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -124,6 +125,12 @@ class CameraSet:
         """Figures of each running camera, in start order."""
         return {name: RunningCamera(cam.state, cam.frames_read, cam.frames_sampled, cam.reconnects)
                 for name, cam in self._cameras.items()}
+
+    def silent_cameras(self) -> dict[str, tuple[CameraState, float]]:
+        """Cameras that are not online and have had frames: name -> (state, seconds since their newest frame)."""
+        now = time.monotonic()
+        return {name: (cam.state, now - cam.last_frame_monotonic) for name, cam in self._cameras.items()
+                if cam.state is not CameraState.ONLINE and cam.last_frame_monotonic is not None}
 
     def reconnect_counts(self) -> dict[str, int]:
         """Reconnects seen in status reports, per camera, removed cameras included."""

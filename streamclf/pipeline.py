@@ -23,6 +23,7 @@ from streamclf.alerts import AlertPublisher
 from streamclf.batch_classifier import BatchClassifier
 from streamclf.batching import Batcher
 from streamclf.camera_set import CameraSet
+from streamclf.capture import CameraState
 from streamclf.config import Config, LabelConfig
 from streamclf.control import Controller
 from streamclf.decisions import Decider
@@ -216,6 +217,7 @@ class Pipeline:
             if self._all_files_done():
                 self.batcher.close()
             self._drop_log.tick()
+            self._end_silent_events()
             self._observers.on_tick()
         ended_by_files = not self.stop_event.is_set()
         self._observers.on_stopping()
@@ -227,6 +229,12 @@ class Pipeline:
             counts.skipped_unchanged, self._alerts.detections_published,
         )
         return 0
+
+    def _end_silent_events(self) -> None:
+        # A camera without frames must not leave its events open: a long outage would read as a long detection.
+        for name, (state, silent_for_s) in self._cameras.silent_cameras().items():
+            reason = "camera_ended" if state is CameraState.ENDED else "camera_offline"
+            self._state.end_silent(name, silent_for_s, reason)
 
     def shutdown(self) -> None:
         """Stop every stage within ``shutdown_budget_s`` seconds; a stuck camera or model call is abandoned."""

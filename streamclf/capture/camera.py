@@ -128,6 +128,7 @@ class Camera:
         self.state = CameraState.STARTING
         self.frames_read = 0
         self.frames_sampled = 0
+        self.last_frame_monotonic: float | None = None  # time.monotonic() of the newest sampled frame
         self.reconnects = 0  # failed attempts and stalls since start
         self.last_status = CameraStatus(name, CameraState.STARTING, "starting")
         self._prepare = prepare
@@ -175,6 +176,7 @@ class Camera:
         # Kept in OpenCV's BGR order: the preprocessor reads the channels in RGB order from the
         # model-sized crop, so a full-size colour conversion here would be wasted work.
         captured = time.monotonic()
+        self.last_frame_monotonic = captured
         bgr = shrink_to_side(bgr, self.cfg.frame_side_limit_px)
         model_input = None
         if self._prepare_here:
