@@ -252,10 +252,8 @@ def frame_bytes(frame: Frame) -> int:
     size = frame.image.nbytes
     prepared = frame.model_input
     if prepared is not None:
-        nbytes = getattr(prepared, "nbytes", None)  # numpy arrays, and torch tensors since torch 2.1
-        if nbytes is None and hasattr(prepared, "element_size"):
-            nbytes = prepared.element_size() * prepared.nelement()
-        size += int(nbytes or 0)
+        # numpy arrays and torch tensors (since torch 2.1) both say their size as ``nbytes``.
+        size += int(getattr(prepared, "nbytes", 0) or 0)
     return size
 
 

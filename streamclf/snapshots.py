@@ -122,7 +122,7 @@ class SnapshotWriter:
         """Queue a snapshot; never blocks. A full queue, in count or bytes, drops its oldest pending snapshots."""
         self._pending.put(request)
         # The writer thread may take items meanwhile; the newest (ours) is never dropped for bytes.
-        while len(pending := self._pending.items()) > 1 and sum(r.image.nbytes for r in pending) > self._max_pending_bytes:
+        while len(queued := self._pending.items()) > 1 and _image_bytes(queued) > self._max_pending_bytes:
             try:
                 self._pending.popleft()
             except IndexError:
@@ -211,3 +211,7 @@ class SnapshotWriter:
         undelivered = self._pending.clear()
         if undelivered:
             log.warning("%d snapshot(s) not delivered at shutdown", undelivered)
+
+
+def _image_bytes(requests: list[SnapshotRequest]) -> int:
+    return sum(r.image.nbytes for r in requests)

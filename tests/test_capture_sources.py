@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
-import numpy as np
 import pytest
 
 from streamclf.batching import Batcher
@@ -78,7 +74,7 @@ def vfr_video(path, times: list[float]):
     """A real variable-frame-rate file (GStreamer, by the system python); skipped where that is missing."""
     import subprocess
 
-    from tests.servers import SYSTEM_PYTHON, HERE
+    from tests.servers import HERE, SYSTEM_PYTHON
 
     try:
         subprocess.run([SYSTEM_PYTHON, str(HERE / "vfr_video.py"), str(path), *map(str, times)],
