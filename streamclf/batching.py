@@ -209,6 +209,11 @@ class Batcher:
             self._cond.notify_all()  # producers blocked on WAIT
             return batch
 
+    def pending_cameras(self) -> set[str]:
+        """Cameras with a frame waiting for its batch."""
+        with self._cond:
+            return {frame.camera for _, frame, _ in self._pending}
+
     def set_max_frame_age(self, camera: str, max_age_s: float | None) -> None:
         """Set (or change, on a reload) ``camera``'s stale limit in seconds; None keeps all its frames."""
         with self._cond:

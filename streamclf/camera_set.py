@@ -126,11 +126,18 @@ class CameraSet:
         return {name: RunningCamera(cam.state, cam.frames_read, cam.frames_sampled, cam.reconnects)
                 for name, cam in self._cameras.items()}
 
-    def silent_cameras(self) -> dict[str, tuple[CameraState, float]]:
-        """Cameras that are not online and have had frames: name -> (state, seconds since their newest frame)."""
+    def offline_silences(self) -> dict[str, float]:
+        """Offline cameras that have had frames, none of them still waiting for the model: name -> seconds
+        since their newest frame.
+
+        Files are left out: their frames run ahead of the model, so the time since the last one was
+        read says nothing about what is still to be classified.
+        """
         now = time.monotonic()
-        return {name: (cam.state, now - cam.last_frame_monotonic) for name, cam in self._cameras.items()
-                if cam.state is not CameraState.ONLINE and cam.last_frame_monotonic is not None}
+        waiting = self._batcher.pending_cameras()
+        return {name: now - cam.last_frame_monotonic for name, cam in self._cameras.items()
+                if cam.state is CameraState.OFFLINE and cam.last_frame_monotonic is not None
+                and name not in waiting}
 
     def reconnect_counts(self) -> dict[str, int]:
         """Reconnects seen in status reports, per camera, removed cameras included."""

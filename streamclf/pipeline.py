@@ -23,7 +23,6 @@ from streamclf.alerts import AlertPublisher
 from streamclf.batch_classifier import BatchClassifier
 from streamclf.batching import Batcher
 from streamclf.camera_set import CameraSet
-from streamclf.capture import CameraState
 from streamclf.config import Config, LabelConfig
 from streamclf.control import Controller
 from streamclf.decisions import Decider
@@ -232,9 +231,8 @@ class Pipeline:
 
     def _end_silent_events(self) -> None:
         # A camera without frames must not leave its events open: a long outage would read as a long detection.
-        for name, (state, silent_for_s) in self._cameras.silent_cameras().items():
-            reason = "camera_ended" if state is CameraState.ENDED else "camera_offline"
-            self._state.end_silent(name, silent_for_s, reason)
+        for name, silent_for_s in self._cameras.offline_silences().items():
+            self._state.end_silent(name, silent_for_s, "camera_offline")
 
     def shutdown(self) -> None:
         """Stop every stage within ``shutdown_budget_s`` seconds; a stuck camera or model call is abandoned."""
