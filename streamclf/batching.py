@@ -48,6 +48,11 @@ class Batcher:
     without the reserve it keeps the queue full and every live frame arriving meanwhile would
     be dropped for want of room, blinding the live cameras for the whole file job.
 
+    ``max_pending_bytes`` (None: no limit) bounds the memory of the waiting frames too, since one
+    8K frame holds as much as a hundred small ones: a droppable frame makes room as on a full queue,
+    and WAIT frames get the same share of the bytes as of the slots. A frame is always accepted into
+    an empty queue, however large.
+
     When only WAIT frames wait, a partial batch waits up to ``wait_only_batch_wait_s`` for the
     rest instead of ``max_batch_wait_s``: those frames are a batch job's, where latency is worth
     nothing and a partial batch costs the model nearly a full one. Their capture threads decode at
@@ -66,6 +71,7 @@ class Batcher:
         max_frame_age_by_camera: Mapping[str, float | None] | None = None,
         live_reserve: int | None = None,
         wait_only_batch_wait_s: float = 1.0,
+        max_pending_bytes: int | None = None,
     ):
         self.batch_size = batch_size
         self.max_batch_wait_s = max_batch_wait_s
@@ -76,6 +82,12 @@ class Batcher:
         if not 0 <= live_reserve < self.max_pending:
             raise ValueError(f"live_reserve must be in [0, {self.max_pending}), got {live_reserve}")
         self.max_wait_pending = self.max_pending - live_reserve
+        # The same bound in bytes, with the same share kept from WAIT frames: a frame's size is set
+        # by its source, and a few large frames can take more memory than dozens of small ones.
+        self.max_pending_bytes = max_pending_bytes
+        self.max_wait_pending_bytes = (
+            None if max_pending_bytes is None else max_pending_bytes * self.max_wait_pending // self.max_pending
+        )
         self.max_frame_age_s = max_frame_age_s
         self.max_frame_age_by_camera = dict(max_frame_age_by_camera or {})
         self._clock = clock
@@ -119,34 +131,54 @@ class Batcher:
                         self._drop(old.camera, DropReason.SUPERSEDED)
                         break
             if policy is DropPolicy.WAIT:
-                if not self._wait_has_room():
-                    ok = self._cond.wait_for(lambda: self._closed or self._wait_has_room(), timeout)
+                size = frame_bytes(frame)
+                if not self._wait_has_room(size):
+                    ok = self._cond.wait_for(lambda: self._closed or self._wait_has_room(size), timeout)
                     if not ok or self._closed:
                         # Not counted as a drop: a WAIT producer still holds the frame and retries it
                         # (or is shutting down), so nothing was lost yet.
                         return False
-            elif len(self._pending) >= self.max_pending:
-                # Room is made at the expense of droppable frames only: a WAIT producer (a file
-                # read without pacing) was promised that its frames are never lost.
-                victim = next((i for i, (_, _, droppable) in enumerate(self._pending) if droppable), None)
-                if victim is None:  # only with live_reserve=0
-                    self._drop(frame.camera, DropReason.QUEUE_FULL)
-                    return False
-                _, oldest, _ = self._pending[victim]
-                del self._pending[victim]
-                self._drop(oldest.camera, DropReason.QUEUE_FULL)
+            elif not self._make_room(frame):
+                self._drop(frame.camera, DropReason.QUEUE_FULL)
+                return False
             self._pending.append((self._clock(), frame, policy is not DropPolicy.WAIT))
             self.accepted += 1
             self._cond.notify_all()
             return True
 
+    def _make_room(self, frame: Frame) -> bool:
+        """Drop the oldest droppable frames until ``frame`` fits in count and bytes; False if it cannot.
+
+        Room is made at the expense of droppable frames only: a WAIT producer (a file read without
+        pacing) was promised that its frames are never lost.
+        """
+        size = frame_bytes(frame)
+        while self._pending and (len(self._pending) >= self.max_pending
+                                 or not _fits(self._pending_bytes(), size, self.max_pending_bytes)):
+            victim = next((i for i, (_, _, droppable) in enumerate(self._pending) if droppable), None)
+            if victim is None:  # only WAIT frames wait: with live_reserve=0, or when they fill the bytes
+                return False
+            _, oldest, _ = self._pending[victim]
+            del self._pending[victim]
+            self._drop(oldest.camera, DropReason.QUEUE_FULL)
+        return True
+
+    def _pending_bytes(self, wait_only: bool = False) -> int:
+        # Summed on demand, like the counts: a few dozen entries, and no running total can drift.
+        return sum(frame_bytes(f) for _, f, droppable in self._pending if not (wait_only and droppable))
+
     def _any_droppable(self) -> bool:
         return any(droppable for _, _, droppable in self._pending)
 
-    def _wait_has_room(self) -> bool:
+    def _wait_has_room(self, size: int) -> bool:
         # Counted on demand: the queue holds a few dozen entries, and no counter can drift.
         waiting = sum(1 for _, _, droppable in self._pending if not droppable)
-        return len(self._pending) < self.max_pending and waiting < self.max_wait_pending
+        if len(self._pending) >= self.max_pending or waiting >= self.max_wait_pending:
+            return False
+        if not self._pending:
+            return True  # one frame always fits, however large
+        return (_fits(self._pending_bytes(wait_only=True), size, self.max_wait_pending_bytes)
+                and _fits(self._pending_bytes(), size, self.max_pending_bytes))
 
     def next_batch(self, timeout: float | None = None) -> list[Frame]:
         """Block until a batch is due (full, or its oldest frame waited long enough), the
@@ -176,6 +208,11 @@ class Batcher:
             batch = [self._pending.popleft()[1] for _ in range(n)]
             self._cond.notify_all()  # producers blocked on WAIT
             return batch
+
+    def pending_cameras(self) -> set[str]:
+        """Cameras with a frame waiting for its batch."""
+        with self._cond:
+            return {frame.camera for _, frame, _ in self._pending}
 
     def set_max_frame_age(self, camera: str, max_age_s: float | None) -> None:
         """Set (or change, on a reload) ``camera``'s stale limit in seconds; None keeps all its frames."""
@@ -213,3 +250,17 @@ class Batcher:
             self._pending.clear()
             self._cond.notify_all()
             return n
+
+
+def frame_bytes(frame: Frame) -> int:
+    """Memory a queued frame holds, bytes: its picture, and its model input when that is already prepared."""
+    size = frame.image.nbytes
+    prepared = frame.model_input
+    if prepared is not None:
+        # numpy arrays and torch tensors (since torch 2.1) both say their size as ``nbytes``.
+        size += int(getattr(prepared, "nbytes", 0) or 0)
+    return size
+
+
+def _fits(used: int, size: int, limit: int | None) -> bool:
+    return limit is None or used + size <= limit

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -124,6 +125,19 @@ class CameraSet:
         """Figures of each running camera, in start order."""
         return {name: RunningCamera(cam.state, cam.frames_read, cam.frames_sampled, cam.reconnects)
                 for name, cam in self._cameras.items()}
+
+    def offline_silences(self) -> dict[str, float]:
+        """Offline cameras that have had frames, none of them still waiting for the model: name -> seconds
+        since their newest frame.
+
+        Files are left out: their frames run ahead of the model, so the time since the last one was
+        read says nothing about what is still to be classified.
+        """
+        now = time.monotonic()
+        waiting = self._batcher.pending_cameras()
+        return {name: now - cam.last_frame_monotonic for name, cam in self._cameras.items()
+                if cam.state is CameraState.OFFLINE and cam.last_frame_monotonic is not None
+                and name not in waiting}
 
     def reconnect_counts(self) -> dict[str, int]:
         """Reconnects seen in status reports, per camera, removed cameras included."""

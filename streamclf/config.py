@@ -300,6 +300,12 @@ class ModelConfig(_Model):
         "which removes the per-kernel launch cost that bounds small batches; ignored on the CPU.",
     )
 
+    max_queued_frames_mib: int = Field(
+        256, ge=16, le=65_536,
+        description="Memory (MiB, 16..65536) that frames waiting for the model may hold in all; beyond it a live "
+        "camera's oldest waiting frame is dropped and a file waits. One frame is always accepted.",
+    )
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
@@ -483,6 +489,13 @@ class CameraConfig(_Model):
     decode_threads: int = Field(
         1, ge=0, le=64, description="FFmpeg decoder threads for this camera; 0: FFmpeg's choice (all cores)."
     )
+    max_frame_side_px: int | None = Field(
+        1920, ge=224, le=16_384,
+        description="Frames whose longer side is above this many pixels (224..16384) are shrunk to it as they are "
+        "decoded, keeping the aspect: the model sees 224 pixels and snapshots rarely need more, while an 8K frame "
+        "takes 95 MiB. Keep it large enough for small zones. null: never shrink. Not applied to a camera with a "
+        "zone in pixel coordinates.",
+    )
     decode_priority: Literal["auto", "normal", "idle"] = Field(
         "auto",
         description="CPU priority of this camera's decoding. idle: Linux SCHED_IDLE, it decodes only on CPU "
@@ -548,7 +561,22 @@ class CameraConfig(_Model):
 
     @property
     def is_file(self) -> bool:
-        return isinstance(self.source, str) and "://" not in self.source
+        return isinstance(self.source, str) and "://" not in self.source and not is_video_device(self.source)
+
+    @property
+    def frame_side_limit_px(self) -> int | None:
+        """The longest frame side kept at capture, pixels; None: frames stay as decoded.
+
+        Pixel zones are measured on the frame as the camera sends it, so their cameras are never shrunk.
+        """
+        if any(z.coordinates == "pixels" for z in self.zones.values()):
+            return None
+        return self.max_frame_side_px
+
+
+def is_video_device(source: str) -> bool:
+    """Whether a path names a capture device (``/dev/video7``, ``/dev/v4l/by-id/...``): a live source, not a file."""
+    return os.path.normpath(os.path.expanduser(source)).startswith("/dev/")
 
 
 class SnapshotConfig(_Model):
@@ -564,6 +592,11 @@ class SnapshotConfig(_Model):
     width: int | None = Field(None, ge=8, le=8192, description="Pixels; unset: from height keeping aspect, or as is.")
     height: int | None = Field(None, ge=8, le=8192, description="Pixels; unset: from width keeping aspect, or as is.")
     quality: int = Field(80, ge=1, le=100, description="JPEG quality, 1..100.")
+    max_queued_mib: int = Field(
+        64, ge=1, le=4096,
+        description="Memory (MiB, 1..4096) the pictures waiting to be encoded may hold; beyond it the oldest "
+        "pending snapshot is dropped. The newest is always kept.",
+    )
 
     @field_validator("directory")
     @classmethod

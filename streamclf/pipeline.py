@@ -54,6 +54,7 @@ class Pipeline:
         self.batcher = Batcher(
             cfg.model.batch_size, cfg.model.max_batch_wait_ms / 1000.0,
             max_frame_age_by_camera={n: c.effective_max_frame_age_s for n, c in cfg.cameras.items()},
+            max_pending_bytes=cfg.model.max_queued_frames_mib * 1024 * 1024,
         )
         self.publisher = MqttClient(cfg.mqtt)
         self._base_dir = base_dir
@@ -216,6 +217,7 @@ class Pipeline:
             if self._all_files_done():
                 self.batcher.close()
             self._drop_log.tick()
+            self._end_silent_events()
             self._observers.on_tick()
         ended_by_files = not self.stop_event.is_set()
         self._observers.on_stopping()
@@ -227,6 +229,11 @@ class Pipeline:
             counts.skipped_unchanged, self._alerts.detections_published,
         )
         return 0
+
+    def _end_silent_events(self) -> None:
+        # A camera without frames must not leave its events open: a long outage would read as a long detection.
+        for name, silent_for_s in self._cameras.offline_silences().items():
+            self._state.end_silent(name, silent_for_s, "camera_offline")
 
     def shutdown(self) -> None:
         """Stop every stage within ``shutdown_budget_s`` seconds; a stuck camera or model call is abandoned."""

@@ -3,8 +3,13 @@
 JPEG encoding and disk writes run on their own thread behind a bounded queue, so a slow
 disk never stalls the inference thread. When the queue is full the *oldest* pending
 snapshot is dropped and counted (``dropped_oldest``): the newest picture is the one a
-person wants to see. The directory keeps at most ``max_files`` ``.jpg`` files; the oldest
-are deleted as new ones arrive, so a chatty camera cannot fill the disk.
+person wants to see; the pending pictures are also bounded in bytes (``max_queued_mib``).
+The directory keeps at most ``max_files`` ``.jpg`` files; the oldest are deleted as new ones
+arrive, so a chatty camera cannot fill the disk.
+
+A disk that fills up or a directory that is deleted must not flood the log nor stop the MQTT
+snapshots: a failed write removes its temporary file, each cause is logged once (again at most
+every ``_REPEAT_LOG_S`` while it lasts, with a count), and a vanished directory is made again.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import SnapshotConfig
 
 log = logging.getLogger(__name__)
+
+_REPEAT_LOG_S = 300.0  # a disk problem that lasts is logged again this often (seconds), with a count
 
 
 def snapshot_size(width: int, height: int, want_width: int | None, want_height: int | None) -> tuple[int, int]:
@@ -82,10 +89,13 @@ class SnapshotWriter:
             queue_size, OverflowPolicy.DROP_OLDEST, logger=log,
             warning="snapshot queue full; dropping the oldest pending snapshots, %(dropped)d so far",
         )
+        self._max_pending_bytes = cfg.max_queued_mib * 1024 * 1024
         self._files: deque[Path] = deque()  # written files, oldest first, for the max_files bound
         self.written = 0
         self.published = 0
         self.failed = 0
+        self._dropped_for_bytes = 0
+        self._disk_problem: tuple[str, float, int] | None = None  # (cause, logged at monotonic, failures since)
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
 
     def start(self) -> None:
@@ -104,7 +114,7 @@ class SnapshotWriter:
     @property
     def dropped_oldest(self) -> int:
         """Snapshots dropped unsent because the queue was full, since start."""
-        return self._pending.dropped
+        return self._pending.dropped + self._dropped_for_bytes
 
     @property
     def pending(self) -> int:
@@ -112,8 +122,15 @@ class SnapshotWriter:
         return len(self._pending)
 
     def submit(self, request: SnapshotRequest) -> None:
-        """Queue a snapshot; never blocks. A full queue drops its oldest pending snapshot."""
+        """Queue a snapshot; never blocks. A full queue, in count or bytes, drops its oldest pending snapshots."""
         self._pending.put(request)
+        # The writer thread may take items meanwhile; the newest (ours) is never dropped for bytes.
+        while len(queued := self._pending.items()) > 1 and _image_bytes(queued) > self._max_pending_bytes:
+            try:
+                self._pending.popleft()
+            except IndexError:
+                break
+            self._dropped_for_bytes += 1
 
     def _run(self) -> None:
         while (request := self._pending.get()) is not None:  # None: stopped and everything delivered
@@ -129,17 +146,56 @@ class SnapshotWriter:
             self._publish_retained(request.topic, jpeg)
             self.published += 1
         if self.directory is not None:
-            path = self.directory / f"{request.file_stem}.jpg"
-            n = 1
-            while path.exists():  # two snapshots of one event within a millisecond: never overwrite
-                path = self.directory / f"{request.file_stem}-{n}.jpg"
-                n += 1
-            tmp = path.with_suffix(".jpg.tmp")  # readers never see half a file
-            tmp.write_bytes(jpeg)
-            os.replace(tmp, path)
+            try:
+                path = self._write_file(self.directory, request.file_stem, jpeg)
+            except OSError as exc:
+                self.failed += 1
+                self._disk_failed(exc)
+                return
+            self._disk_ok()
             self._files.append(path)
             self.written += 1
             self._prune()
+
+    def _write_file(self, directory: Path, stem: str, jpeg: bytes) -> Path:
+        """Write ``jpeg`` as ``<stem>.jpg`` (never over an existing file); makes the directory again if it vanished."""
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            log.warning("snapshot directory %s had vanished; made again", directory)
+        path = directory / f"{stem}.jpg"
+        n = 1
+        while path.exists():  # two snapshots of one event within a millisecond: never overwrite
+            path = directory / f"{stem}-{n}.jpg"
+            n += 1
+        tmp = path.with_suffix(".jpg.tmp")  # readers never see half a file
+        try:
+            tmp.write_bytes(jpeg)
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a half-written file would hold the space and escape max_files
+            raise
+        return path
+
+    def _disk_failed(self, exc: OSError) -> None:
+        """Log a write failure once per cause, and again at most every ``_REPEAT_LOG_S`` seconds while it lasts."""
+        cause = f"{exc.strerror or type(exc).__name__}" if exc.errno else str(exc)
+        now = time.monotonic()
+        previous = self._disk_problem
+        if previous is not None and previous[0] == cause and now - previous[1] < _REPEAT_LOG_S:
+            self._disk_problem = (cause, previous[1], previous[2] + 1)
+            return
+        if previous is not None and previous[0] == cause:
+            log.warning("snapshot directory %s: still cannot write (%s); %d snapshot(s) not saved since the last "
+                        "report (MQTT snapshots go on)", self.directory, cause, previous[2] + 1)
+        else:
+            log.warning("snapshot directory %s: cannot write (%s); snapshots are not saved to disk until it "
+                        "recovers (MQTT snapshots go on)", self.directory, cause)
+        self._disk_problem = (cause, now, 0)
+
+    def _disk_ok(self) -> None:
+        if self._disk_problem is not None:
+            log.info("snapshot directory %s: writing again", self.directory)
+            self._disk_problem = None
 
     def _prune(self) -> None:
         while len(self._files) > self.cfg.max_files:
@@ -158,3 +214,7 @@ class SnapshotWriter:
         undelivered = self._pending.clear()
         if undelivered:
             log.warning("%d snapshot(s) not delivered at shutdown", undelivered)
+
+
+def _image_bytes(requests: list[SnapshotRequest]) -> int:
+    return sum(r.image.nbytes for r in requests)

@@ -89,6 +89,16 @@ class PipelineState:
             self._current = replace(current, paused=frozenset(now_paused))
             self._alerts.publish(self._decider.set_camera_enabled(camera, not paused))
 
+    def end_silent(self, camera: str, silent_for_s: float, reason: str) -> None:
+        """End ``camera``'s open events whose ``off_delay_s`` has passed in ``silent_for_s`` seconds without frames.
+
+        Under the decision lock, as a pause is: a batch deciding now publishes before or after, never between.
+        """
+        with self._decision_lock:
+            decisions = self._decider.end_silent_camera(camera, silent_for_s, reason)
+            if decisions:
+                self._alerts.publish(decisions)
+
     def threshold(self, camera: str, label: str) -> float:
         """The threshold (0..1) in force for ``label`` on ``camera``."""
         return self._decider.threshold(camera, label)

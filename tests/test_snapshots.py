@@ -105,3 +105,82 @@ def test_the_same_file_stem_twice_makes_two_files(tmp_path):
     _wait(lambda: writer.written == 3)
     writer.stop()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same-1.jpg", "same-2.jpg", "same.jpg"]
+
+
+# --------------------------------------------------------------------------- a full or vanished disk
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB tmpfs (root only), so writes fail with the kernel's own ENOSPC."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=64k tmpfs {mount} 2>/dev/null") != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    os.system(f"umount {mount}")
+
+
+def noise(seed: int) -> np.ndarray:
+    # Noise does not compress: each JPEG takes tens of KiB, so a 64 KiB disk fills after one or two.
+    return np.random.default_rng(seed).integers(0, 255, (120, 160, 3), np.uint8)
+
+
+def test_a_full_disk_is_one_log_line_leaves_no_temporary_files_and_mqtt_goes_on(tiny_disk, caplog):
+    published = []
+    writer = SnapshotWriter(SnapshotConfig(directory=str(tiny_disk), max_files=100, quality=95),
+                            lambda t, j: published.append(t))
+    writer.start()
+    with caplog.at_level("INFO", logger="streamclf.snapshots"):
+        for i in range(20):
+            writer.submit(SnapshotRequest(noise(i), f"t/{i}", f"snap{i:02d}"))
+            _wait(lambda i=i: len(published) == i + 1)
+        _wait(lambda: writer.written + writer.failed == 20)
+        writer.stop()
+    assert len(published) == 20  # MQTT does not depend on the disk
+    assert writer.failed >= 15 and writer.written >= 1
+    names = sorted(p.name for p in tiny_disk.iterdir())
+    assert all(n.endswith(".jpg") for n in names), names  # no .jpg.tmp left behind
+    complaints = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert len(complaints) == 1, [r.getMessage() for r in complaints]
+    assert "No space left on device" in complaints[0].getMessage()
+    assert complaints[0].exc_info is None  # a clear line, not a traceback
+
+
+def test_a_deleted_directory_is_made_again(tmp_path, caplog):
+    directory = tmp_path / "snaps"
+    writer = SnapshotWriter(SnapshotConfig(directory=str(directory), max_files=2), lambda t, j: None)
+    writer.start()
+    writer.submit(SnapshotRequest(np.zeros((8, 8, 3), np.uint8), None, "first"))
+    _wait(lambda: writer.written == 1)
+    for p in directory.iterdir():
+        p.unlink()
+    directory.rmdir()
+    with caplog.at_level("INFO", logger="streamclf.snapshots"):
+        for i in range(3):
+            writer.submit(SnapshotRequest(np.zeros((8, 8, 3), np.uint8), None, f"again{i}"))
+        _wait(lambda: writer.written == 4)
+    writer.stop()
+    assert writer.failed == 0
+    assert sorted(p.name for p in directory.iterdir()) == ["again1.jpg", "again2.jpg"]  # max_files still holds
+    assert sum("made again" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_pending_snapshots_are_bounded_in_bytes(tmp_path):
+    release = __import__("threading").Event()
+    delivered = []
+
+    def slow_publish(topic, jpeg):
+        release.wait(5)
+        delivered.append(topic)
+
+    big = np.zeros((1024, 1024, 3), np.uint8)  # 3 MiB each; the bound below holds 2 of them
+    writer = SnapshotWriter(SnapshotConfig(max_queued_mib=7), slow_publish)
+    writer.start()
+    writer.submit(SnapshotRequest(big, "t/0", "s0"))
+    _wait(lambda: writer.pending == 0)  # taken by the writer thread, which now waits in publish
+    for i in range(1, 6):
+        writer.submit(SnapshotRequest(big, f"t/{i}", f"s{i}"))
+    assert writer.pending == 2 and writer.dropped_oldest == 3
+    release.set()
+    _wait(lambda: len(delivered) == 3)
+    writer.stop()
+    assert delivered == ["t/0", "t/4", "t/5"]  # the newest are kept

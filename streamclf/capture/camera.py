@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
+import cv2
 import numpy as np
 
 from streamclf.batching import Batcher
@@ -90,6 +91,20 @@ def _enter_idle_priority(camera: str) -> bool:
     return True
 
 
+def shrink_to_side(bgr: np.ndarray, max_side_px: int | None) -> np.ndarray:
+    """``bgr`` shrunk (aspect kept) so that its longer side is at most ``max_side_px`` pixels; as is when it fits.
+
+    Done once at capture so that every later holder of the frame (the batcher's queue, the zone
+    crops, the snapshot queue) holds the small copy, never the decoded full-size picture.
+    """
+    h, w = bgr.shape[:2]
+    if max_side_px is None or max(h, w) <= max_side_px:
+        return bgr
+    scale = max_side_px / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+
+
 class Camera:
     """Base: a named source, a thread, a stop event and status reporting.
 
@@ -113,6 +128,7 @@ class Camera:
         self.state = CameraState.STARTING
         self.frames_read = 0
         self.frames_sampled = 0
+        self.last_frame_monotonic: float | None = None  # time.monotonic() of the newest sampled frame
         self.reconnects = 0  # failed attempts and stalls since start
         self.last_status = CameraStatus(name, CameraState.STARTING, "starting")
         self._prepare = prepare
@@ -170,6 +186,8 @@ class Camera:
         # Kept in OpenCV's BGR order: the preprocessor reads the channels in RGB order from the
         # model-sized crop, so a full-size colour conversion here would be wasted work.
         captured = time.monotonic()
+        self.last_frame_monotonic = captured
+        bgr = shrink_to_side(bgr, self.cfg.frame_side_limit_px)
         model_input = None
         if self._prepare_here and self._prepare is not None:
             try:

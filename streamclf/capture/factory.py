@@ -15,7 +15,11 @@ def make_camera(
     name: str, cfg: CameraConfig, batcher: Batcher, on_status: StatusCallback, base_dir: str | None = None,
     prepare: PrepareFrame | None = None,
 ) -> Camera:
-    """The right Camera for ``cfg.source``; relative file paths resolve against ``base_dir``."""
+    """The right Camera for ``cfg.source``; relative file paths resolve against ``base_dir``.
+
+    Device paths (``/dev/video7``, ``/dev/v4l/by-id/...``) are live cameras: a webcam that is
+    unplugged comes back, so it is retried and watched for stalls like a stream.
+    """
     if cfg.is_file:
         path = os.path.expanduser(str(cfg.source))
         if base_dir and not os.path.isabs(path):

@@ -13,6 +13,8 @@ from typing import Callable
 
 import cv2
 
+from streamclf.config import is_video_device
+
 _FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 # The user's own FFmpeg options (``key;value|key;value``), kept; each camera's rtsp_transport is added to them.
 _USER_FFMPEG_OPTIONS = os.environ.get(_FFMPEG_OPTIONS_ENV, "")
@@ -55,6 +57,10 @@ def open_capture(
         if started:
             started()
         return cv2.VideoCapture(source)
+    if is_video_device(source):  # /dev/video7, /dev/v4l/by-id/...: Video4Linux, not FFmpeg's file reader
+        if started:
+            started()
+        return cv2.VideoCapture(source, cv2.CAP_V4L2)
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_s * 1000),

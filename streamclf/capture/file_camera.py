@@ -39,12 +39,15 @@ class FileCamera(Camera):
                 return
             src_fps = self._frame_rate(cap)
             expected = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-            n, duration = self._read_pass(cap, src_fps, pass_offset_s, index_offset)
+            n, duration, variable_rate = self._read_pass(cap, src_fps, pass_offset_s, index_offset)
             cap.release()
+            if n == 0 and self._stop.is_set():
+                return  # stopped before the first frame: says nothing about the file
             if n == 0:
                 self._end_with_error("no decodable frames", f"{where} has no decodable frames")
                 return
-            if not self._stop.is_set() and expected and expected == expected and n < expected - 1:
+            # A variable-rate file's frame count is the container's estimate (duration x a nominal rate).
+            if not self._stop.is_set() and not variable_rate and expected and expected == expected and n < expected - 1:
                 self._end_with_error("file truncated or corrupt",
                                      f"{where} ended after {n} of {int(expected)} frames: truncated or corrupt")
                 return
@@ -78,18 +81,23 @@ class FileCamera(Camera):
         return src_fps
 
     def _read_pass(self, cap: cv2.VideoCapture, src_fps: float, time_offset: float,
-                   index_offset: int) -> tuple[int, float]:
-        """Read the file once; returns (frames read, media duration in seconds)."""
+                   index_offset: int) -> tuple[int, float, bool]:
+        """Read the file once; returns (frames read, media duration in seconds, whether the rate varied).
+
+        A frame's media time is its own timestamp: in a variable-frame-rate file (phones, screen
+        recordings, cameras that drop frames) index / average rate is off by seconds.
+        """
         period = 1.0 / self.cfg.fps
         next_due = 0.0
         wall_start = time.monotonic()
         policy = DropPolicy.LATEST_PER_CAMERA if self.cfg.realtime else DropPolicy.WAIT
-        i = 0
+        i, media_t, variable_rate = 0, 0.0, False
         while not self._stop.is_set():
             # grab() without retrieve() skips the colour conversion of frames we do not sample.
             if not cap.grab():
                 break
-            media_t = i / src_fps
+            media_t = _media_time(cap, i, media_t, src_fps)
+            variable_rate = variable_rate or abs(media_t - i / src_fps) > 1.5 / src_fps
             i += 1
             self.frames_read += 1
             if media_t + 1e-6 < next_due:
@@ -111,4 +119,15 @@ class FileCamera(Camera):
             while not self.batcher.put(frame, policy, timeout=0.5):
                 if self._stop.is_set() or policy is not DropPolicy.WAIT:
                     break
-        return i, i / src_fps
+        # The average rate spans the last frame's own duration too; never less than where the pass got to.
+        return i, max(i / src_fps, media_t + 1e-3), variable_rate
+
+
+def _media_time(cap: cv2.VideoCapture, index: int, previous_s: float, src_fps: float) -> float:
+    """The grabbed frame's own time in the file, seconds; from the average rate where the file has none."""
+    own = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+    if index == 0:
+        return own if 0.0 <= own < 1e9 else 0.0
+    if previous_s < own < 1e9:  # not NaN, and later than the frame before
+        return own
+    return previous_s + 1.0 / src_fps

@@ -129,13 +129,29 @@ class ClipClassifier:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
+    def _tokenize(self, prompts: list[str]):
+        """Tokens of ``prompts``, cut to the text model's positions.
+
+        The limit comes from the text model's config, not the tokenizer: a checkpoint whose
+        tokenizer has no ``model_max_length`` (or transformers' "no limit" sentinel) would
+        otherwise hand the model more positions than it has, and fail.
+        """
+        max_length = getattr(self.model.text_model.config, "max_position_embeddings", None)
+        if max_length:
+            too_long = sum(len(ids) > max_length for ids in self.tokenizer(prompts)["input_ids"])
+            if too_long:
+                log.warning("%d prompt(s) longer than the model's %d tokens are truncated to it; the end of "
+                            "each is not seen", too_long, max_length)
+        return self.tokenizer(prompts, padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt").to(self.device)
+
     @torch.inference_mode()
     def encode_labels(self, prompts: Mapping[str, Sequence[str]]) -> LabelSet:
         """Embed each label's prompts: normalised mean of normalised prompt embeddings (fp32)."""
         self._pin_caller()
         names = tuple(prompts)
         flat = [p for n in names for p in prompts[n]]
-        tokens = self.tokenizer(flat, padding=True, truncation=True, return_tensors="pt").to(self.device)
+        tokens = self._tokenize(flat)
         with self._lock:
             out = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
             text = self.model.text_projection(out.pooler_output).float()
