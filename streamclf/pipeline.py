@@ -36,6 +36,7 @@ from streamclf.sinks import DecisionSink, TopLabelSink
 from streamclf.snapshots import SnapshotWriter
 from streamclf.state import BatchState, PipelineState, SwapTimeout
 from streamclf.status import InferenceStatus, MqttStatus, PipelineStatus, camera_figures
+from streamclf.workers import Workers
 from streamclf.zones import ZoneCropper
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ class Pipeline:
             cfg.model.batch_size, cfg.model.max_batch_wait_ms / 1000.0,
             max_frame_age_by_camera={n: c.effective_max_frame_age_s for n, c in cfg.cameras.items()},
         )
-        self.publisher = MqttClient(cfg.mqtt)
+        # Every long-lived thread runs guarded: one that dies is logged and makes the process unhealthy.
+        self.workers = Workers()
+        self.publisher = MqttClient(cfg.mqtt, self.workers)
         self._base_dir = base_dir
         self._decider = Decider(cfg, use_frame_time=True)  # deterministic for files; capture time for live
         self._alerts = AlertPublisher(self.publisher, cfg, self._snapshot_writer(cfg))
@@ -72,8 +75,9 @@ class Pipeline:
         self._cameras = CameraSet(self.publisher, self.batcher, classifier.prepare_image, base_dir, self.stop_event)
         self._drop_log = DropLog(self.batcher, self.publisher, lambda: self.cfg.mqtt.max_queued_messages)
         self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=f"{classifier.device}, {classifier.precision}")
-        self._control = Controller(self, self.publisher, on_labels_changed=self._discovery.announce)
-        self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self._control = Controller(self, self.publisher, on_labels_changed=self._discovery.announce,
+                                   workers=self.workers)
+        self._inference = self.workers.thread(self._inference_loop, "inference")
 
     def _snapshot_writer(self, cfg: Config) -> SnapshotWriter:
         # The qos is read when a snapshot is sent, so a reload that changes it applies.
@@ -81,6 +85,7 @@ class Pipeline:
             cfg.events.snapshots,
             lambda topic, jpeg: self.publisher.set_retained(topic, jpeg, qos=self.cfg.mqtt.qos),
             self._base_dir,
+            workers=self.workers,
         )
 
     # -- the outside: observers, status, config ------------------------------------------
@@ -105,8 +110,9 @@ class Pipeline:
         cameras = camera_figures(cfg, self._cameras.running(), self.batcher.drop_counts(),
                                  counts.frames_classified_by_camera, self._cameras.reconnect_counts())
         pub = self.publisher
-        mqtt = MqttStatus(pub.connected, pub.queued, pub.dropped_overflow, pub.published, pub.connects, pub.last_error)
-        return PipelineStatus(cfg, inference, cameras, self._alerts.published_counts(), mqtt)
+        mqtt = MqttStatus(pub.connected, pub.queued, pub.dropped_overflow, pub.published, pub.connects, pub.last_error,
+                          pub.invalid_messages, pub.connect_failures)
+        return PipelineStatus(cfg, inference, cameras, self._alerts.published_counts(), mqtt, self.workers.failures())
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         """Frames dropped so far: camera -> ``DropReason`` value -> frames. MQTT messages lost to a

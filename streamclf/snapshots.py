@@ -23,6 +23,7 @@ import numpy as np
 
 from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import SnapshotConfig
+from streamclf.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class SnapshotWriter:
     """
 
     def __init__(self, cfg: SnapshotConfig, publish_retained: Callable[[str, bytes], None],
-                 base_dir: str | None = None, queue_size: int = 16):
+                 base_dir: str | None = None, queue_size: int = 16, workers: Workers | None = None):
         self.cfg = cfg
         self._publish_retained = publish_retained
         self.directory: Path | None = None
@@ -83,7 +84,8 @@ class SnapshotWriter:
         self.written = 0
         self.published = 0
         self.failed = 0
-        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+        # Guarded: a loop that dies is logged and makes the process unhealthy (streamclf/workers.py).
+        self._thread = (workers if workers is not None else Workers()).thread(self._run, "snapshots")
 
     def start(self) -> None:
         if self.directory is not None:
