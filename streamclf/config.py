@@ -175,13 +175,15 @@ class MqttConfig(_Model):
         "Retained states are held besides, one (the newest) per topic, and never dropped.",
     )
     tls: bool = Field(
-        False, description="Connect with TLS, trusting the system's CA store (implied by tls_ca_certs or a client cert)."
+        False,
+        description="Connect with TLS, trusting the system's CA store (implied by tls_ca_certs or a client cert).",
     )
     tls_ca_certs: str | None = Field(
         None, description="Absolute path of a PEM file of the CA certificate(s) that signed the broker's; turns TLS on."
     )
     tls_client_cert: str | None = Field(
-        None, description="Absolute path of a PEM client certificate, for brokers that require one (with tls_client_key)."
+        None,
+        description="Absolute path of a PEM client certificate, for brokers that require one (with tls_client_key).",
     )
     tls_client_key: str | None = Field(
         None, description="Absolute path of the unencrypted PEM private key of tls_client_cert."

@@ -4,9 +4,9 @@ Messages first go into our own bounded queue (``mqtt.max_queued_messages``): whe
 overflows the *oldest* message is dropped and counted, because paho's own limit drops
 the newest. Retained messages are state: each retained topic waits at most once, with its
 newest value, outside that bound, so an overflow drops detections, events and stats, never
-an ON/OFF state (the retained topics are as many as the config makes). A sender thread hands messages to paho only while connected and keeps at
-most ``inflight_window`` unacknowledged QoS>0 messages in paho's hands; paho resends
-those itself after a reconnect. So everything queued within the bound is delivered
+an ON/OFF state (the retained topics are as many as the config makes). A sender thread
+hands messages to paho only while connected and keeps at most ``inflight_window``
+unacknowledged QoS>0 messages in paho's hands; paho resends those itself after a reconnect. So everything queued within the bound is delivered
 once the broker is back.
 
 Availability: ``<prefix>/available`` is ``online``/``offline``, retained, with

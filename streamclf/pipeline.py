@@ -30,8 +30,8 @@ from streamclf.drop_log import DropLog
 from streamclf.gating import ChangeGate
 from streamclf.homeassistant import HomeAssistantDiscovery
 from streamclf.model import ClipClassifier
-from streamclf.observer import ObserverGroup, PipelineObserver
 from streamclf.mqtt_client import MqttClient
+from streamclf.observer import ObserverGroup, PipelineObserver
 from streamclf.sinks import DecisionSink, TopLabelSink
 from streamclf.snapshots import SnapshotWriter
 from streamclf.state import BatchState, PipelineState, SwapTimeout

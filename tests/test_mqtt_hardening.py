@@ -6,13 +6,12 @@ test can read its counters and log records.
 
 from __future__ import annotations
 
-import json
-import re
 import logging
-import threading
+import re
 import time
 import uuid
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from streamclf.config import ConfigError, MqttConfig, parse_config
@@ -22,7 +21,7 @@ from streamclf.service.health import evaluate_progress
 from streamclf.status import InferenceStatus
 from streamclf.workers import Workers
 from tests.conftest import wait_until
-from tests.servers import MosquittoBroker, MqttCollector, free_port, read_retained
+from tests.servers import MosquittoBroker, free_port, read_retained
 from tests.test_control import CONFIG, FakePipeline
 from tests.test_reliability import silent_server
 
@@ -117,14 +116,17 @@ def test_a_control_flood_is_rate_limited_in_the_log_and_on_the_error_topic(broke
     try:
         wait_until(lambda: client.connected, 10, "connected")
         time.sleep(0.5)  # subscribed
-        sender = MqttCollector(broker.host, broker.port, f"{prefix}/nothing")
+        sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"flood-{prefix}")
+        sender.connect(broker.host, broker.port)
+        sender.loop_start()
         flood = 2000
         t0 = time.monotonic()
         for i in range(flood):
-            sender._client.publish(f"{prefix}/front/enabled/set", f"bad{i}", qos=0)
+            sender.publish(f"{prefix}/front/enabled/set", f"bad{i}", qos=1)
         wait_until(lambda: controller.rejected == flood, 30, "every command answered")
         elapsed = time.monotonic() - t0
-        sender.close()
+        sender.disconnect()
+        sender.loop_stop()
         time.sleep(1.5)
         rejected_lines = [s for s in lines(caplog, "control: rejected") if "suppressed" not in s]
         assert len(rejected_lines) <= 10 * (elapsed / 10 + 2), len(rejected_lines)

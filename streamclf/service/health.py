@@ -5,8 +5,8 @@ Progress means either frames are being classified, or there is honestly nothing 
 the failure systemd's watchdog exists for: a model call that has run for longer than
 ``stall_timeout_s``, frames waiting that nobody has classified for that long, an
 inference thread that has died, or any worker thread (``streamclf/workers.py``) that
-ended by an exception: a stage that has stopped for good is a hung daemon too. Capture threads report their own states; a camera that
-cannot connect is not a hung daemon, so it does not stop the watchdog.
+ended by an exception: a stage that has stopped for good is a hung daemon too. Capture
+threads report their own states; a camera that cannot connect is not a hung daemon, so it does not stop the watchdog.
 """
 
 from __future__ import annotations
