@@ -41,10 +41,6 @@ from streamclf.throttle import LogThrottle
 from streamclf.workers import Workers
 
 log = logging.getLogger(__name__)
-# paho reports exceptions raised in our callbacks here (they would otherwise end its network thread).
-# Only those: its other errors repeat on every retry, and the causes are logged here once each.
-_paho_log = log.getChild("paho")
-_paho_log.addFilter(lambda record: record.getMessage().startswith("Caught exception"))
 
 
 @dataclass(frozen=True)
@@ -90,14 +86,15 @@ class MqttClient:
         self._last_cause = ""  # the connection failure last logged; each distinct one is logged once
         self._throttle = LogThrottle(log, limit=5, per_s=60.0)
         self._setup_error = ""  # why the client cannot connect at all (TLS files unusable); never connects then
+        self._socket_error = ""  # paho's last socket error: the cause of a connection it then reports as lost
 
         self.client = self._new_client(cfg)
         self._sender = self.workers.thread(self._send_loop, "mqtt-sender")
 
     def _new_client(self, cfg: MqttConfig) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id, protocol=mqtt.MQTTv311)
-        client.suppress_exceptions = True
-        client.enable_logger(_paho_log)
+        client.suppress_exceptions = True  # an exception in one of our callbacks must not end paho's thread
+        client.on_log = self._on_paho_log
         self._setup_error = ""
         if cfg.tls_enabled:
             try:
@@ -301,10 +298,15 @@ class MqttClient:
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port, reason_code)
         elif not was and not self._stopping and not self.client_refused_last:
             # Connected at the TCP (and TLS) level, but the broker never accepted the session.
+            socket_error, self._socket_error = self._socket_error, ""
             if reason_code == "Keep alive timeout":
                 cause = f"no answer to CONNECT within {self.cfg.keepalive_s} s (is this an MQTT broker?)"
+            elif "certificate required" in socket_error:
+                cause = "the broker requires a client certificate (set mqtt.tls_client_cert and mqtt.tls_client_key)"
+            elif "bad certificate" in socket_error or "unknown ca" in socket_error:
+                cause = f"the broker rejected our client certificate ({socket_error})"
             elif self.cfg.tls_enabled:
-                cause = f"the broker closed the connection before accepting it ({reason_code})"
+                cause = f"the broker closed the connection before accepting it ({socket_error or reason_code})"
             else:
                 cause = (f"the broker closed the connection before accepting it ({reason_code}); "
                          "a TLS listener does this to a plaintext client: set mqtt.tls or mqtt.tls_ca_certs")
@@ -312,6 +314,14 @@ class MqttClient:
         self.client_refused_last = False
 
     client_refused_last = False  # the last CONNACK refused us: that is logged by _on_connect already
+
+    def _on_paho_log(self, client, userdata, level: int, buf: str) -> None:
+        if level != mqtt.MQTT_LOG_ERR:
+            return
+        if buf.startswith("Caught exception"):  # in one of our callbacks; paho goes on (suppress_exceptions)
+            log.error("MQTT: %s", buf)
+        elif buf.startswith("failed to "):  # e.g. a TLS alert read after the handshake
+            self._socket_error = buf
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this from inside its `except OSError:` around the connect, and passes no
@@ -399,5 +409,5 @@ def _connect_cause(exc: BaseException | None, tls: bool) -> str:
         what = "TLS handshake" if tls else "TCP connection"
         return f"no answer: the {what} timed out"
     if isinstance(exc, ConnectionResetError) and tls:
-        return "the broker reset the connection during the TLS handshake (does it speak TLS on this port?)"
+        return "the broker reset the connection during the TLS handshake (it probably does not speak TLS on this port)"
     return f"{type(exc).__name__}: {_describe(exc)}"
