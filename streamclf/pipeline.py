@@ -41,6 +41,8 @@ from streamclf.zones import ZoneCropper
 
 log = logging.getLogger(__name__)
 
+EXIT_WORKER_FAILED = 3  # the process exit code when a worker thread died
+
 
 class Pipeline:
     """The running daemon. ``run()`` returns the process exit code."""
@@ -213,7 +215,8 @@ class Pipeline:
         self._observers.on_started()
 
     def run(self) -> int:
-        """Start, wait for a stop request or for every file camera to end, shut down; exit code."""
+        """Start, wait for a stop request, for every file camera to end or for the inference thread to
+        die; shut down; exit code (``EXIT_WORKER_FAILED`` when a worker thread died)."""
         self.start()
         while not self.stop_event.wait(self.tick_s):
             if not self._inference.is_alive():
@@ -223,6 +226,9 @@ class Pipeline:
             self._drop_log.tick()
             self._observers.on_tick()
         ended_by_files = not self.stop_event.is_set()
+        failed = self.workers.failures()
+        if failed:
+            log.error("stopping: thread %s has died (%s)", failed[0].name, failed[0].error)
         self._observers.on_stopping()
         self.shutdown()
         counts = self._batches.counters()
@@ -231,7 +237,8 @@ class Pipeline:
             "every camera has ended" if ended_by_files else "stopped", counts.frames_classified,
             counts.skipped_unchanged, self._alerts.detections_published,
         )
-        return 0
+        # Not 0 after a dead thread, so that systemd's Restart=on-failure starts the daemon again.
+        return EXIT_WORKER_FAILED if failed else 0
 
     def shutdown(self) -> None:
         """Stop every stage within ``shutdown_budget_s`` seconds; a stuck camera or model call is abandoned."""

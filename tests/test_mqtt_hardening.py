@@ -6,8 +6,10 @@ test can read its counters and log records.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import signal
 import time
 import uuid
 
@@ -20,10 +22,11 @@ from streamclf.mqtt_client import MqttClient
 from streamclf.service.health import evaluate_progress
 from streamclf.status import InferenceStatus
 from streamclf.workers import Workers
-from tests.conftest import wait_until
+from tests.conftest import base_config, daemon_env, wait_until
 from tests.servers import MosquittoBroker, free_port, read_retained
 from tests.test_control import CONFIG, FakePipeline
 from tests.test_reliability import silent_server
+from tests.test_service import NotifyListener, colour_video, http_get
 
 
 def client_for(host: str, port: int, prefix: str, **mqtt) -> MqttClient:
@@ -183,3 +186,59 @@ def test_a_password_without_a_username_is_a_config_error_naming_the_key_and_line
     [problem] = exc.value.problems
     assert problem.path == "mqtt" and problem.line == 1 and "username" in problem.message
     assert "hunter2" not in str(exc.value)
+
+
+# --------------------------------------------------------------------------- item 2, end to end
+
+@pytest.mark.slow
+def test_a_dead_worker_thread_makes_healthz_503_and_stops_the_watchdog(tmp_path, broker, prefix, collector,
+                                                                      tiny_clip_dir, start_daemon):
+    video = colour_video(tmp_path / "v.mp4")
+    listener = NotifyListener(str(tmp_path / "notify.sock"))
+    port = free_port()
+    try:
+        cfg = base_config(tiny_clip_dir, broker, prefix, {"cam": {"source": str(video), "fps": 5, "loop": True}},
+                          metrics={"enabled": True, "port": port})
+        env = daemon_env(NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000",
+                         STREAMCLF_TEST_FAULT="control")
+        daemon = start_daemon(cfg, env=env, module="tests.faulty_daemon")
+        listener.wait_for("READY=1", timeout=60)
+        healthz = f"http://127.0.0.1:{port}/healthz"
+        wait_until(lambda: http_get(healthz)[0] == 200, 20, "/healthz 200")
+        listener.wait_for("WATCHDOG=1", count=2, timeout=10)
+
+        publish_command(broker, f"{prefix}/cam/enabled/set", b"OFF")
+        status, body = wait_until(lambda: (r := http_get(healthz))[0] == 503 and r, 20, "/healthz 503")
+        reasons = json.loads(body)["reasons"]
+        assert any("thread control has died" in r and "InjectedFault" in r for r in reasons), reasons
+        t_dead = time.monotonic()
+        time.sleep(2.5)
+        assert all(t <= t_dead for t, _ in listener.having("WATCHDOG=1")), listener.messages[-5:]
+        assert re.search(r"ERROR streamclf\.workers: thread control failed and has stopped: InjectedFault", daemon.output)
+        assert "pipeline is not making progress: thread control has died" in daemon.output
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(15) == 3  # a thread died: not a clean exit
+    finally:
+        listener.close()
+
+
+@pytest.mark.slow
+def test_a_failed_inference_thread_is_logged_and_ends_the_daemon_with_a_failure_code(tmp_path, broker, prefix,
+                                                                                    tiny_clip_dir, start_daemon):
+    video = colour_video(tmp_path / "v.mp4")
+    cfg = base_config(tiny_clip_dir, broker, prefix, {"cam": {"source": str(video), "fps": 5, "loop": True}})
+    daemon = start_daemon(cfg, env=daemon_env(STREAMCLF_TEST_FAULT="inference"), module="tests.faulty_daemon")
+    assert daemon.wait(60) == 3, daemon.output[-3000:]  # not 0: systemd's Restart=on-failure starts it again
+    assert re.search(r"ERROR streamclf\.workers: thread inference failed and has stopped: RuntimeError: test fault",
+                     daemon.output)
+
+
+def publish_command(broker, topic: str, payload: bytes) -> None:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"cmd-{uuid.uuid4().hex[:8]}")
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=1).wait_for_publish(5)
+    finally:
+        c.disconnect()
+        c.loop_stop()
