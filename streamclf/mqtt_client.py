@@ -6,8 +6,8 @@ the newest. Retained messages are state: each retained topic waits at most once,
 newest value, outside that bound, so an overflow drops detections, events and stats, never
 an ON/OFF state (the retained topics are as many as the config makes). A sender thread
 hands messages to paho only while connected and keeps at most ``inflight_window``
-unacknowledged QoS>0 messages in paho's hands; paho resends those itself after a reconnect. So everything queued within the bound is delivered
-once the broker is back.
+unacknowledged QoS>0 messages in paho's hands; paho resends those itself after a reconnect.
+So everything queued within the bound is delivered once the broker is back.
 
 Availability: ``<prefix>/available`` is ``online``/``offline``, retained, with
 ``offline`` as the last will; per-camera ``<prefix>/<camera>/status`` is retained too.
@@ -87,6 +87,7 @@ class MqttClient:
         self._throttle = LogThrottle(log, limit=5, per_s=60.0)
         self._setup_error = ""  # why the client cannot connect at all (TLS files unusable); never connects then
         self._socket_error = ""  # paho's last socket error: the cause of a connection it then reports as lost
+        self._refused_last = False  # the last CONNACK refused us (logged by _on_connect, not again as a failure)
 
         self.client = self._new_client(cfg)
         self._sender = self.workers.thread(self._send_loop, "mqtt-sender")
@@ -238,6 +239,7 @@ class MqttClient:
                 if self._stopping and not self._queue:
                     return
                 msg = self._queue.popleft()
+            self._throttle.flush()  # sum up refused messages once their window has passed
             try:
                 info = self.client.publish(msg.topic, msg.payload, msg.qos, msg.retain)
             except (ValueError, TypeError) as exc:  # this message is wrong (topic or payload over MQTT's limits)
@@ -266,7 +268,7 @@ class MqttClient:
             # Never treated as connected: nothing is sent, and paho retries with its backoff.
             self.last_error = f"broker refused the connection: {reason_code} (reason code {reason_code.value})"
             self.refused += 1
-            self.client_refused_last = True
+            self._refused_last = True
             log.error(
                 "MQTT broker %s:%d refused the connection: %s (reason code %d); check mqtt.username/password "
                 "and the broker's ACL; retrying with backoff",
@@ -275,7 +277,7 @@ class MqttClient:
             return
         self.connects += 1
         failed = self._failures_since_connect
-        self._failures_since_connect, self._last_cause = 0, ""
+        self._failures_since_connect, self._last_cause, self._socket_error = 0, "", ""
         log.info("MQTT connected to %s:%d%s", self.cfg.host, self.cfg.port,
                  f" after {failed} failed attempt(s)" if failed else "")
         for topic_filter in self._subscriptions:
@@ -296,7 +298,7 @@ class MqttClient:
         if was and not self._stopping:
             self.last_error = f"disconnected: {reason_code}"
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port, reason_code)
-        elif not was and not self._stopping and not self.client_refused_last:
+        elif not was and not self._stopping and not self._refused_last:
             # Connected at the TCP (and TLS) level, but the broker never accepted the session.
             socket_error, self._socket_error = self._socket_error, ""
             if reason_code == "Keep alive timeout":
@@ -311,9 +313,7 @@ class MqttClient:
                 cause = (f"the broker closed the connection before accepting it ({reason_code}); "
                          "a TLS listener does this to a plaintext client: set mqtt.tls or mqtt.tls_ca_certs")
             self._connect_failed(cause)
-        self.client_refused_last = False
-
-    client_refused_last = False  # the last CONNACK refused us: that is logged by _on_connect already
+        self._refused_last = False
 
     def _on_paho_log(self, client, userdata, level: int, buf: str) -> None:
         if level != mqtt.MQTT_LOG_ERR:

@@ -214,7 +214,8 @@ def test_a_dead_worker_thread_makes_healthz_503_and_stops_the_watchdog(tmp_path,
         t_dead = time.monotonic()
         time.sleep(2.5)
         assert all(t <= t_dead for t, _ in listener.having("WATCHDOG=1")), listener.messages[-5:]
-        assert re.search(r"ERROR streamclf\.workers: thread control failed and has stopped: InjectedFault", daemon.output)
+        assert re.search(r"ERROR streamclf\.workers: thread control failed and has stopped: InjectedFault",
+                         daemon.output)
         assert "pipeline is not making progress: thread control has died" in daemon.output
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(15) == 3  # a thread died: not a clean exit

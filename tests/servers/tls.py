@@ -57,5 +57,6 @@ def with_server_names(files: TlsFiles, directory: Path, *names: str) -> TlsFiles
     """``files`` with a server certificate, signed by the same CA, for ``names`` (DNS names) only."""
     directory.mkdir(parents=True, exist_ok=True)
     san = ",".join(f"DNS:{n}" for n in names)
-    cert, key = _signed(directory, "server", files.ca, files.ca_key, f"subjectAltName={san}\nextendedKeyUsage=serverAuth")
+    cert, key = _signed(directory, "server", files.ca, files.ca_key,
+                        f"subjectAltName={san}\nextendedKeyUsage=serverAuth")
     return TlsFiles(files.ca, files.ca_key, cert, key, files.client_cert, files.client_key)
