@@ -28,6 +28,7 @@ class RateLimit:
         self.limit = limit
         self.per_s = per_s
         self._windows: dict[str, _Window] = {}
+        self._ended: dict[str, tuple[int, float]] = {}  # key -> (held back, seconds) of ended windows, untaken
         self._lock = threading.Lock()
 
     def allow(self, key: str, now: float | None = None) -> bool:
@@ -35,24 +36,31 @@ class RateLimit:
         now = time.monotonic() if now is None else now
         with self._lock:
             w = self._windows.get(key)
-            if w is None or (now - w.started >= self.per_s and not w.suppressed):
+            if w is None or now - w.started >= self.per_s:
+                if w is not None:
+                    self._end(key, w, now)
                 w = self._windows[key] = _Window(now)
-            if w.passed < self.limit and now - w.started < self.per_s:
+            if w.passed < self.limit:
                 w.passed += 1
                 return True
             w.suppressed += 1
             return False
 
     def take_suppressed(self, now: float | None = None) -> dict[str, tuple[int, float]]:
-        """Keys whose window has ended with events held back: key -> (count, window length in s); resets them."""
+        """Events held back in windows that have ended: key -> (count, seconds they span); each reported once."""
         now = time.monotonic() if now is None else now
-        out = {}
         with self._lock:
             for key, w in list(self._windows.items()):
-                if now - w.started >= self.per_s and w.suppressed:
-                    out[key] = (w.suppressed, now - w.started)
+                if now - w.started >= self.per_s:
+                    self._end(key, w, now)
                     del self._windows[key]
+            out, self._ended = self._ended, {}
         return out
+
+    def _end(self, key: str, w: _Window, now: float) -> None:
+        if w.suppressed:
+            n, span_s = self._ended.get(key, (0, 0.0))
+            self._ended[key] = (n + w.suppressed, span_s + min(now - w.started, self.per_s))
 
 
 class LogThrottle:

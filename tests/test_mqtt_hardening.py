@@ -21,6 +21,7 @@ from streamclf.control import Controller
 from streamclf.mqtt_client import MqttClient
 from streamclf.service.health import evaluate_progress
 from streamclf.status import InferenceStatus
+from streamclf.throttle import RateLimit
 from streamclf.workers import Workers
 from tests.conftest import base_config, daemon_env, wait_until
 from tests.servers import MosquittoBroker, free_port, read_retained
@@ -139,6 +140,14 @@ def test_a_control_flood_is_rate_limited_in_the_log_and_on_the_error_topic(broke
         time.sleep(0.5)
         errors = collector.json_messages(f"{prefix}/error")
         assert 1 <= len(errors) <= 10 * (elapsed + 2), len(errors)
+        # After the flood, a bad command is answered again, and the answer counts the ones that were not.
+        publish_command(broker, f"{prefix}/front/enabled/set", b"after the flood")
+        collector.wait_for(lambda m: any(e["payload"] == "after the flood" for e in collector.json_messages(
+            f"{prefix}/error")), timeout=10)
+        answered = len(collector.json_messages(f"{prefix}/error")) - 1
+        last = collector.json_messages(f"{prefix}/error")[-1]
+        assert answered + sum(e.get("replies_suppressed", 0) for e in collector.json_messages(f"{prefix}/error")) \
+            == flood, last
     finally:
         controller.stop()
         client.stop(flush_timeout_s=1)
@@ -243,3 +252,12 @@ def publish_command(broker, topic: str, payload: bytes) -> None:
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def test_a_rate_limit_passes_events_again_in_the_next_window_and_reports_what_it_held_back_once():
+    limit = RateLimit(2, per_s=1.0)
+    assert [limit.allow("k", now=t) for t in (0.0, 0.1, 0.2, 0.3)] == [True, True, False, False]
+    assert limit.take_suppressed(now=0.5) == {}  # the window has not ended
+    assert limit.allow("k", now=1.5)  # a new window
+    assert limit.take_suppressed(now=1.6) == {"k": (2, 1.0)}
+    assert limit.take_suppressed(now=5.0) == {}
