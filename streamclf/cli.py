@@ -1,6 +1,7 @@
 """Command line: ``streamclf run``, ``streamclf check-config``, ``streamclf --version``.
 
-Exit codes: 0 normal end, 1 invalid config, 2 model could not be loaded.
+Exit codes: 0 normal end, 1 invalid config, 2 model could not be loaded, 3 a worker thread died
+(``Pipeline.run``).
 """
 
 from __future__ import annotations

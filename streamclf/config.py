@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
@@ -172,7 +173,25 @@ class MqttConfig(_Model):
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds (5..3600).")
     max_queued_messages: int = Field(
         5000, ge=1, le=1_000_000,
-        description="Messages held while the broker is away; the oldest are dropped beyond this.",
+        description="Non-retained messages held while the broker is away; the oldest are dropped beyond this. "
+        "Retained states are held besides, one (the newest) per topic, and never dropped.",
+    )
+    tls: bool = Field(
+        False,
+        description="Connect with TLS, trusting the system's CA store (implied by tls_ca_certs or a client cert).",
+    )
+    tls_ca_certs: str | None = Field(
+        None, description="Absolute path of a PEM file of the CA certificate(s) that signed the broker's; turns TLS on."
+    )
+    tls_client_cert: str | None = Field(
+        None,
+        description="Absolute path of a PEM client certificate, for brokers that require one (with tls_client_key).",
+    )
+    tls_client_key: str | None = Field(
+        None, description="Absolute path of the unencrypted PEM private key of tls_client_cert."
+    )
+    tls_insecure: bool = Field(
+        False, description="Do not check that the broker's certificate names mqtt.host (the CA is still checked)."
     )
 
     @field_validator("host")
@@ -225,11 +244,58 @@ class MqttConfig(_Model):
             raise ValueError("must be a credential name (a file name, no '/')")
         return v
 
+    @field_validator("tls_ca_certs", "tls_client_cert", "tls_client_key")
+    @classmethod
+    def _tls_path(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_text(v)
+            if not os.path.isabs(v):
+                raise ValueError("must be an absolute path (the daemon's working directory is not the config's)")
+        return v
+
     @model_validator(mode="after")
     def _one_password(self) -> "MqttConfig":
         if self.password is not None and self.password_credential is not None:
             raise ValueError("set password or password_credential, not both")
+        if (self.password is not None or self.password_credential is not None) and not self.username:
+            raise ValueError("a password needs mqtt.username: MQTT sends no password without a user name")
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ValueError("set tls_client_cert and tls_client_key together (mutual TLS), or neither")
+        if self.tls_insecure and not self.tls_enabled:
+            raise ValueError("tls_insecure applies to TLS only: set tls: true or tls_ca_certs")
         return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        """TLS is on: asked for, or implied by a CA file or a client certificate."""
+        return self.tls or self.tls_ca_certs is not None or self.tls_client_cert is not None
+
+    def tls_file_problems(self) -> list[tuple[tuple, str]]:
+        """What is wrong with the TLS files (unreadable, not PEM, key and certificate apart), by key path.
+
+        Reads the files as the daemon will at connect time. Messages never quote a file's content.
+        """
+        problems: list[tuple[tuple, str]] = []
+        for key in ("tls_ca_certs", "tls_client_cert", "tls_client_key"):
+            path = getattr(self, key)
+            if path is None:
+                continue
+            try:
+                text = Path(path).read_text(encoding="ascii")
+            except (OSError, UnicodeDecodeError) as exc:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a PEM (text) file"
+                problems.append((("mqtt", key), f"cannot read {path}: {why}"))
+                continue
+            marker = "PRIVATE KEY-----" if key == "tls_client_key" else "-----BEGIN CERTIFICATE-----"
+            if marker not in text:
+                what = "a PEM private key" if key == "tls_client_key" else "a PEM certificate"
+                problems.append((("mqtt", key), f"{path} holds no {what}"))
+            elif key == "tls_client_key" and "ENCRYPTED" in text:
+                problems.append((("mqtt", key), f"{path} is encrypted; the daemon needs an unencrypted key "
+                                 "(readable only by its user)"))
+        if problems:
+            return problems
+        return _tls_context_problems(self.tls_ca_certs, self.tls_client_cert, self.tls_client_key)
 
     @property
     def effective_client_id(self) -> str:
@@ -264,6 +330,27 @@ class MqttConfig(_Model):
             raise ValueError(f"credential {self.password_credential!r} holds more than {MAX_MQTT_STRING_BYTES} bytes, "
                              "MQTT's limit for a password")
         return password
+
+
+def _refuse_password() -> str:
+    raise ValueError("the key is encrypted")
+
+
+def _tls_context_problems(ca: str | None, cert: str | None, key: str | None) -> list[tuple[tuple, str]]:
+    """Load the TLS files into an SSL context, as paho will; problems by key path."""
+    ctx = ssl.create_default_context()
+    if ca is not None:
+        try:
+            ctx.load_verify_locations(cafile=ca)
+        except ssl.SSLError as exc:
+            return [(("mqtt", "tls_ca_certs"), f"{ca} is not a usable PEM CA file ({exc.reason or exc})")]
+    if cert is not None and key is not None:
+        try:
+            ctx.load_cert_chain(cert, key, password=_refuse_password)
+        except (ssl.SSLError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            return [(("mqtt", "tls_client_key"), f"{key} and {cert} cannot be used together ({reason})")]
+    return []
 
 
 class ModelConfig(_Model):
@@ -895,6 +982,7 @@ def validate_config(
             cfg.mqtt.resolve_password(env)
         except ValueError as exc:
             problems.append(_problem(("mqtt", "password_credential"), str(exc), lines))
+        problems += [_problem(loc, msg, lines) for loc, msg in cfg.mqtt.tls_file_problems()]
     if problems:
         raise ConfigError(source, problems)
     return cfg

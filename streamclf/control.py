@@ -10,7 +10,10 @@ Every payload is validated before anything changes. A rejected one changes nothi
 answered on ``<prefix>/error`` (JSON: ``topic``, ``error``, ``payload`` excerpt, ``timestamp``)
 and in the log. Commands run one at a time on their own thread, so a label change, which runs
 the text model, never stalls paho's network thread; the queue is bounded and overflow is
-rejected like an invalid payload. Runtime changes last until the daemon restarts: the config
+rejected like an invalid payload. A flood cannot flood anything else: error replies are sent
+at most ``max_error_replies_per_s`` per second (the next one sent says how many were not), and
+log lines per cause (rejected, applied) at most ``log_lines_per_window`` per
+``log_window_s`` seconds, with one line summing up the rest. Runtime changes last until the daemon restarts: the config
 file stays the source of truth, and the state topics are set from it again at start.
 """
 
@@ -29,6 +32,8 @@ from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import Config, ConfigError, LabelConfig, format_problems, validate_config
 from streamclf.mqtt_client import MqttClient
 from streamclf.retained import OwnedRetainedTopics
+from streamclf.throttle import LogThrottle, RateLimit
+from streamclf.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +105,16 @@ class Controller:
     """Subscribes to the command topics, validates and applies commands, echoes state, reports errors."""
 
     max_queued_commands = 64
+    max_error_replies_per_s = 10
+    log_lines_per_window = 10
+    log_window_s = 10.0
 
     def __init__(
         self,
         target: ControlTarget,
         publisher: MqttClient,
         on_labels_changed: Callable[[Config], None] | None = None,  # e.g. announce to Home Assistant again
+        workers: Workers | None = None,
     ):
         self._target = target
         self._publisher = publisher
@@ -116,9 +125,14 @@ class Controller:
         # A command that does not fit is refused, not an older one dropped: its sender gets an error reply.
         self._queue: BoundedQueue[ControlMessage] = BoundedQueue(
             self.max_queued_commands, OverflowPolicy.REJECT_NEWEST, logger=log)
-        self._thread = threading.Thread(target=self._run, name="control", daemon=True)
+        self._thread = (workers if workers is not None else Workers()).thread(self._run, "control")
         self.applied = 0
         self.rejected = 0
+        self._counts_lock = threading.Lock()
+        self._log = LogThrottle(log, self.log_lines_per_window, self.log_window_s)
+        self._replies = RateLimit(self.max_error_replies_per_s, 1.0)
+        self.replies_suppressed = 0  # error replies not sent because of the rate limit, since start
+        self._unreported_suppressed = 0  # of those, not yet counted in a sent reply
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -150,8 +164,11 @@ class Controller:
 
     def _run(self) -> None:
         while True:
-            msg = self._queue.get()
-            if msg is _STOP or msg is None:
+            msg = self._queue.get(timeout_s=1.0)
+            if msg is None:
+                self._log.flush()  # idle: sum up what a flood had held back
+                continue
+            if msg is _STOP:
                 return
             self.apply(msg.topic, msg.payload)
 
@@ -200,7 +217,8 @@ class Controller:
                 "only running cameras can be switched at runtime"
             )
         self._target.set_camera_enabled(camera, enabled)
-        log.info("control: camera %s %s", camera, "enabled" if enabled else "disabled")
+        self._log.log("control: applied commands", logging.INFO, "control: camera %s %s", camera,
+                      "enabled" if enabled else "disabled")
         self._enabled_states.set(self._publisher.topic(camera, "enabled", "state"), value)
 
     def _set_threshold(self, camera: str, label: str, payload: bytes) -> None:
@@ -215,7 +233,8 @@ class Controller:
         except ValidationError:
             raise ControlError("expected a number from 0 to 1") from None
         self._target.set_threshold(camera, label, value)
-        log.info("control: camera %s label %s threshold %s", camera, label, value)
+        self._log.log("control: applied commands", logging.INFO, "control: camera %s label %s threshold %s",
+                      camera, label, value)
         self._threshold_states.set(self._publisher.topic(camera, label, "threshold", "state"), repr(value))
 
     def _set_labels(self, payload: bytes) -> None:
@@ -249,11 +268,21 @@ class Controller:
         )
 
     def _reject(self, topic: str, payload: bytes, error: str) -> None:
-        self.rejected += 1
+        # Called from the command thread and (queue full) paho's network thread: counters under a lock.
+        with self._counts_lock:
+            self.rejected += 1
+            send = self._replies.allow("error")
+            suppressed = 0
+            if send:
+                suppressed, self._unreported_suppressed = self._unreported_suppressed, 0
+            else:
+                self.replies_suppressed += 1
+                self._unreported_suppressed += 1
         excerpt = bytes(payload[:PAYLOAD_EXCERPT_CHARS]).decode("utf-8", errors="replace")
-        log.warning("control: rejected %s: %s (payload %r)", topic, error, excerpt)
-        self._publisher.publish(
-            self._publisher.topic("error"),
-            {"topic": topic, "error": error, "payload": excerpt, "timestamp": round(time.time(), 3)},
-            qos=1,
-        )
+        self._log.log("control: rejected commands", logging.WARNING, "control: rejected %s: %s (payload %r)",
+                      topic, error, excerpt)
+        if send:
+            reply = {"topic": topic, "error": error, "payload": excerpt, "timestamp": round(time.time(), 3)}
+            if suppressed:
+                reply["replies_suppressed"] = suppressed  # errors before this one that got no reply
+            self._publisher.publish(self._publisher.topic("error"), reply, qos=1)

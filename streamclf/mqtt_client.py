@@ -2,21 +2,31 @@
 
 Messages first go into our own bounded queue (``mqtt.max_queued_messages``): when it
 overflows the *oldest* message is dropped and counted, because paho's own limit drops
-the newest. A sender thread hands messages to paho only while connected and keeps at
-most ``inflight_window`` unacknowledged QoS>0 messages in paho's hands; paho resends
-those itself after a reconnect. So everything queued within the bound is delivered
-once the broker is back.
+the newest. Retained messages are state: each retained topic waits at most once, with its
+newest value, outside that bound, so an overflow drops detections, events and stats, never
+an ON/OFF state (the retained topics are as many as the config makes). A sender thread
+hands messages to paho only while connected and keeps at most ``inflight_window``
+unacknowledged QoS>0 messages in paho's hands; paho resends those itself after a reconnect.
+So everything queued within the bound is delivered once the broker is back.
 
 Availability: ``<prefix>/available`` is ``online``/``offline``, retained, with
 ``offline`` as the last will; per-camera ``<prefix>/<camera>/status`` is retained too.
 Both are republished on every (re)connect, since a restarted broker without
 persistence forgets retained messages.
+
+Failures are logged once per distinct cause with the broker's address: a connection that
+fails before the broker answers (refused, unreachable, silent, a TLS mismatch), a message
+paho refuses (it is dropped and counted; the sender goes on). The sender runs as a guarded
+worker (``streamclf/workers.py``): if it dies anyway, the process reports itself unhealthy.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import ssl
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +37,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import MqttConfig
+from streamclf.throttle import LogThrottle
+from streamclf.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +59,9 @@ class MqttClient:
 
     inflight_window = 64
 
-    def __init__(self, cfg: MqttConfig):
+    def __init__(self, cfg: MqttConfig, workers: Workers | None = None):
         self.cfg = cfg
+        self.workers = workers if workers is not None else Workers()
         self.prefix = cfg.topic_prefix
         # One lock for the queue and the connection state: the sender waits on both at once.
         self._cond = threading.Condition()
@@ -66,19 +79,41 @@ class MqttClient:
         self.published = 0
         self.connects = 0
         self.refused = 0  # CONNACKs that refused us (bad credentials, not authorised)
+        self.connect_failures = 0  # attempts that failed before the broker answered, since start
+        self.invalid_messages = 0  # messages paho refused (e.g. a topic over MQTT's limits), dropped
         self.last_error = ""
+        self._failures_since_connect = 0
+        self._last_cause = ""  # the connection failure last logged; each distinct one is logged once
+        self._throttle = LogThrottle(log, limit=5, per_s=60.0)
+        self._setup_error = ""  # why the client cannot connect at all (TLS files unusable); never connects then
+        self._socket_error = ""  # paho's last socket error: the cause of a connection it then reports as lost
+        self._refused_last = False  # the last CONNACK refused us (logged by _on_connect, not again as a failure)
 
         self.client = self._new_client(cfg)
-        self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender = self.workers.thread(self._send_loop, "mqtt-sender")
 
     def _new_client(self, cfg: MqttConfig) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.effective_client_id, protocol=mqtt.MQTTv311)
+        client.suppress_exceptions = True  # an exception in one of our callbacks must not end paho's thread
+        client.on_log = self._on_paho_log
+        self._setup_error = ""
+        if cfg.tls_enabled:
+            try:
+                # No CA file: paho loads the system's trusted CAs. The key's content stays inside ssl.
+                client.tls_set(ca_certs=cfg.tls_ca_certs, certfile=cfg.tls_client_cert, keyfile=cfg.tls_client_key)
+                client.tls_insecure_set(cfg.tls_insecure)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                # Never fall back to plaintext: stay unconnected, and say why.
+                self._setup_error = self.last_error = f"TLS set-up failed: {_describe(exc)}"
+                log.error("MQTT broker %s:%d: %s; check mqtt.tls_*; not connecting",
+                          cfg.host, cfg.port, self._setup_error)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.resolve_password())
         client.will_set(self.topic("available"), "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(self.inflight_window)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -113,8 +148,7 @@ class MqttClient:
         if lost:
             log.warning("MQTT: %d message(s) unacknowledged by the old connection are lost", lost)
         self.set_retained(self.topic("available"), "online")
-        self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
-        self.client.loop_start()
+        self._connect()
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
@@ -137,13 +171,22 @@ class MqttClient:
         """Connect in the background; an unreachable broker is retried by paho with backoff."""
         self.set_retained(self.topic("available"), "online")
         self._sender.start()
+        self._connect()
+
+    def _connect(self) -> None:
+        if self._setup_error:
+            return
+        self._failures_since_connect, self._last_cause = 0, ""
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self.client.loop_start()
 
     # -- publishing -------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes | str | dict, qos: int = 0, retain: bool = False) -> None:
-        """Queue a message. Dicts become JSON. Never blocks; overflow drops the oldest message."""
+        """Queue a message. Dicts become JSON. Never blocks; overflow drops the oldest non-retained message.
+
+        A retained message replaces a queued one of the same topic (only the newest state matters).
+        """
         if isinstance(payload, dict):
             payload = json.dumps(payload, separators=(",", ":"))
         if isinstance(payload, str):
@@ -153,7 +196,7 @@ class MqttClient:
             # The broker's state goes into the overflow warning: a start-up burst while connected
             # must not hide an outage seconds later (see BoundedQueue).
             state = "connected" if self._connected else "disconnected"
-            dropped = self._queue.put(msg, context=state)
+            dropped = self._queue.put(msg, context=state, key=topic if retain else None)
             if dropped is not None:
                 self.dropped_by_topic[dropped.topic] += 1
 
@@ -200,7 +243,16 @@ class MqttClient:
                 if self._stopping and not self._queue:
                     return
                 msg = self._queue.popleft()
-            info = self.client.publish(msg.topic, msg.payload, msg.qos, msg.retain)
+            self._throttle.flush()  # sum up refused messages once their window has passed
+            try:
+                info = self.client.publish(msg.topic, msg.payload, msg.qos, msg.retain)
+            except (ValueError, TypeError) as exc:  # this message is wrong (topic or payload over MQTT's limits)
+                with self._cond:
+                    self.invalid_messages += 1
+                self._throttle.log("MQTT: cannot publish", logging.ERROR,
+                                   "MQTT: cannot publish to %s: %s; message dropped (%d so far)",
+                                   _brief_topic(msg.topic), exc, self.invalid_messages)
+                continue
             # paho keeps QoS>0 messages it could not send (NO_CONN) and sends them after reconnecting.
             if info.rc == mqtt.MQTT_ERR_SUCCESS or (msg.qos > 0 and info.rc == mqtt.MQTT_ERR_NO_CONN):
                 with self._cond:
@@ -209,7 +261,7 @@ class MqttClient:
                     self.published += 1
             else:
                 with self._cond:  # not handed over: put it back and wait for the connection
-                    self._queue.put_front(msg)
+                    self._queue.put_front(msg, key=msg.topic if msg.retain else None)
                     self._connected = False if info.rc == mqtt.MQTT_ERR_NO_CONN else self._connected
                     self._cond.wait(0.1)
 
@@ -220,6 +272,7 @@ class MqttClient:
             # Never treated as connected: nothing is sent, and paho retries with its backoff.
             self.last_error = f"broker refused the connection: {reason_code} (reason code {reason_code.value})"
             self.refused += 1
+            self._refused_last = True
             log.error(
                 "MQTT broker %s:%d refused the connection: %s (reason code %d); check mqtt.username/password "
                 "and the broker's ACL; retrying with backoff",
@@ -227,15 +280,17 @@ class MqttClient:
             )
             return
         self.connects += 1
-        log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
+        failed = self._failures_since_connect
+        self._failures_since_connect, self._last_cause, self._socket_error = 0, "", ""
+        log.info("MQTT connected to %s:%d%s", self.cfg.host, self.cfg.port,
+                 f" after {failed} failed attempt(s)" if failed else "")
         for topic_filter in self._subscriptions:
             client.subscribe(topic_filter, qos=1)
         with self._cond:
-            # Retained state first, ahead of anything queued during the outage.
-            current = {m.topic for m in self._queue.items() if m.retain}
-            for topic, msg in self._retained_state.items():
-                if topic not in current:
-                    self._queue.put_front(msg)
+            # Retained state first, ahead of anything queued during the outage; a topic already
+            # queued keeps its place and its (newer) value.
+            for topic, msg in reversed(self._retained_state.items()):
+                self._queue.put_front(msg, key=topic)
             self._connected = True
             self._cond.notify_all()
 
@@ -247,6 +302,44 @@ class MqttClient:
         if was and not self._stopping:
             self.last_error = f"disconnected: {reason_code}"
             log.warning("MQTT disconnected from %s:%d (%s); reconnecting", self.cfg.host, self.cfg.port, reason_code)
+        elif not was and not self._stopping and not self._refused_last:
+            # Connected at the TCP (and TLS) level, but the broker never accepted the session.
+            socket_error, self._socket_error = self._socket_error, ""
+            if reason_code == "Keep alive timeout":
+                cause = f"no answer to CONNECT within {self.cfg.keepalive_s} s (is this an MQTT broker?)"
+            elif "certificate required" in socket_error:
+                cause = "the broker requires a client certificate (set mqtt.tls_client_cert and mqtt.tls_client_key)"
+            elif "bad certificate" in socket_error or "unknown ca" in socket_error:
+                cause = f"the broker rejected our client certificate ({socket_error})"
+            elif self.cfg.tls_enabled:
+                cause = f"the broker closed the connection before accepting it ({socket_error or reason_code})"
+            else:
+                cause = (f"the broker closed the connection before accepting it ({reason_code}); "
+                         "a TLS listener does this to a plaintext client: set mqtt.tls or mqtt.tls_ca_certs")
+            self._connect_failed(cause)
+        self._refused_last = False
+
+    def _on_paho_log(self, client, userdata, level: int, buf: str) -> None:
+        if level != mqtt.MQTT_LOG_ERR:
+            return
+        if buf.startswith("Caught exception"):  # in one of our callbacks; paho goes on (suppress_exceptions)
+            log.error("MQTT: %s", buf)
+        elif buf.startswith("failed to "):  # e.g. a TLS alert read after the handshake
+            self._socket_error = buf
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this from inside its `except OSError:` around the connect, and passes no
+        # error: the exception being handled is the cause.
+        self._connect_failed(_connect_cause(sys.exc_info()[1], self.cfg.tls_enabled))
+
+    def _connect_failed(self, cause: str) -> None:
+        self.connect_failures += 1
+        self._failures_since_connect += 1
+        self.last_error = cause
+        if cause != self._last_cause:
+            self._last_cause = cause
+            log.error("MQTT broker %s:%d: cannot connect: %s; retrying with backoff",
+                      self.cfg.host, self.cfg.port, cause)
 
     def _unacked(self) -> int:
         """QoS>0 messages paho has not had acknowledged; call with ``_cond`` held."""
@@ -283,3 +376,43 @@ class MqttClient:
         self.client.disconnect()
         self.client.loop_stop()
         self._sender.join(1.0)
+
+
+def _brief_topic(topic: str, limit: int = 120) -> str:
+    return repr(topic) if len(topic) <= limit else f"{topic[:limit]!r}... ({len(topic)} characters)"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return f"{exc.library or 'SSL'} {exc.reason}"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _connect_cause(exc: BaseException | None, tls: bool) -> str:
+    """What a failed connection attempt says to a person: the cause and, where it is likely, the fix."""
+    if exc is None:
+        return "the connection failed"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (f"the broker's TLS certificate was not accepted: {exc.verify_message} "
+                "(check mqtt.tls_ca_certs; mqtt.tls_insecure skips only the host name check)")
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"):
+            return f"TLS handshake failed ({reason}): the broker does not speak TLS on this port"
+        if "CERTIFICATE_REQUIRED" in reason:
+            return "the broker requires a client certificate (set mqtt.tls_client_cert and mqtt.tls_client_key)"
+        if "BAD_CERTIFICATE" in reason or "UNKNOWN_CA" in reason:
+            return f"the broker rejected our client certificate ({reason})"
+        if isinstance(exc, ssl.SSLEOFError):
+            return "the broker closed the connection during the TLS handshake"
+        return f"TLS handshake failed: {_describe(exc)}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running, and listening on this port?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        what = "TLS handshake" if tls else "TCP connection"
+        return f"no answer: the {what} timed out"
+    if isinstance(exc, ConnectionResetError) and tls:
+        return "the broker reset the connection during the TLS handshake (it probably does not speak TLS on this port)"
+    return f"{type(exc).__name__}: {_describe(exc)}"

@@ -36,9 +36,12 @@ from streamclf.sinks import DecisionSink, TopLabelSink
 from streamclf.snapshots import SnapshotWriter
 from streamclf.state import BatchState, PipelineState, SwapTimeout
 from streamclf.status import InferenceStatus, MqttStatus, PipelineStatus, camera_figures
+from streamclf.workers import Workers
 from streamclf.zones import ZoneCropper
 
 log = logging.getLogger(__name__)
+
+EXIT_WORKER_FAILED = 3  # the process exit code when a worker thread died
 
 
 class Pipeline:
@@ -56,7 +59,9 @@ class Pipeline:
             max_frame_age_by_camera={n: c.effective_max_frame_age_s for n, c in cfg.cameras.items()},
             max_pending_bytes=cfg.model.max_queued_frames_mib * 1024 * 1024,
         )
-        self.publisher = MqttClient(cfg.mqtt)
+        # Every long-lived thread runs guarded: one that dies is logged and makes the process unhealthy.
+        self.workers = Workers()
+        self.publisher = MqttClient(cfg.mqtt, self.workers)
         self._base_dir = base_dir
         self._decider = Decider(cfg, use_frame_time=True)  # deterministic for files; capture time for live
         self._alerts = AlertPublisher(self.publisher, cfg, self._snapshot_writer(cfg))
@@ -74,8 +79,9 @@ class Pipeline:
         self._drop_log = DropLog(self.batcher, self.publisher, lambda: self.cfg.mqtt.max_queued_messages)
         hardware = f"{classifier.device}, {classifier.precision}"
         self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=hardware)
-        self._control = Controller(self, self.publisher, on_labels_changed=self._discovery.announce)
-        self._inference = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self._control = Controller(self, self.publisher, on_labels_changed=self._discovery.announce,
+                                   workers=self.workers)
+        self._inference = self.workers.thread(self._inference_loop, "inference")
 
     def _snapshot_writer(self, cfg: Config) -> SnapshotWriter:
         # The qos is read when a snapshot is sent, so a reload that changes it applies.
@@ -83,6 +89,7 @@ class Pipeline:
             cfg.events.snapshots,
             lambda topic, jpeg: self.publisher.set_retained(topic, jpeg, qos=self.cfg.mqtt.qos),
             self._base_dir,
+            workers=self.workers,
         )
 
     # -- the outside: observers, status, config ------------------------------------------
@@ -107,8 +114,9 @@ class Pipeline:
         cameras = camera_figures(cfg, self._cameras.running(), self.batcher.drop_counts(),
                                  counts.frames_classified_by_camera, self._cameras.reconnect_counts())
         pub = self.publisher
-        mqtt = MqttStatus(pub.connected, pub.queued, pub.dropped_overflow, pub.published, pub.connects, pub.last_error)
-        return PipelineStatus(cfg, inference, cameras, self._alerts.published_counts(), mqtt)
+        mqtt = MqttStatus(pub.connected, pub.queued, pub.dropped_overflow, pub.published, pub.connects, pub.last_error,
+                          pub.invalid_messages, pub.connect_failures)
+        return PipelineStatus(cfg, inference, cameras, self._alerts.published_counts(), mqtt, self.workers.failures())
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         """Frames dropped so far: camera -> ``DropReason`` value -> frames. MQTT messages lost to a
@@ -209,7 +217,8 @@ class Pipeline:
         self._observers.on_started()
 
     def run(self) -> int:
-        """Start, wait for a stop request or for every file camera to end, shut down; exit code."""
+        """Start, wait for a stop request, for every file camera to end or for the inference thread to
+        die; shut down; exit code (``EXIT_WORKER_FAILED`` when a worker thread died)."""
         self.start()
         while not self.stop_event.wait(self.tick_s):
             if not self._inference.is_alive():
@@ -220,6 +229,9 @@ class Pipeline:
             self._end_silent_events()
             self._observers.on_tick()
         ended_by_files = not self.stop_event.is_set()
+        failed = self.workers.failures()
+        if failed:
+            log.error("stopping: thread %s has died (%s)", failed[0].name, failed[0].error)
         self._observers.on_stopping()
         self.shutdown()
         counts = self._batches.counters()
@@ -228,7 +240,8 @@ class Pipeline:
             "every camera has ended" if ended_by_files else "stopped", counts.frames_classified,
             counts.skipped_unchanged, self._alerts.detections_published,
         )
-        return 0
+        # Not 0 after a dead thread, so that systemd's Restart=on-failure starts the daemon again.
+        return EXIT_WORKER_FAILED if failed else 0
 
     def _end_silent_events(self) -> None:
         # A camera without frames must not leave its events open: a long outage would read as a long detection.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import numpy as np
 
 from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import SnapshotConfig
+from streamclf.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class SnapshotWriter:
     """
 
     def __init__(self, cfg: SnapshotConfig, publish_retained: Callable[[str, bytes], None],
-                 base_dir: str | None = None, queue_size: int = 16):
+                 base_dir: str | None = None, queue_size: int = 16, workers: Workers | None = None):
         self.cfg = cfg
         self._publish_retained = publish_retained
         self.directory: Path | None = None
@@ -96,7 +96,8 @@ class SnapshotWriter:
         self.failed = 0
         self._dropped_for_bytes = 0
         self._disk_problem: tuple[str, float, int] | None = None  # (cause, logged at monotonic, failures since)
-        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+        # Guarded: a loop that dies is logged and makes the process unhealthy (streamclf/workers.py).
+        self._thread = (workers if workers is not None else Workers()).thread(self._run, "snapshots")
 
     def start(self) -> None:
         if self.directory is not None:

@@ -14,6 +14,7 @@ from typing import Mapping
 
 from streamclf.camera_set import RunningCamera
 from streamclf.config import Config
+from streamclf.workers import WorkerFailure
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class MqttStatus:
     published_messages: int
     connects: int
     last_error: str
+    invalid_messages: int = 0  # messages paho refused (a topic or payload over MQTT's limits), dropped
+    connect_failures: int = 0  # connection attempts that failed before the broker answered
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class PipelineStatus:
     cameras: Mapping[str, CameraFigures]  # configured cameras in config order, then others running or with counts
     published: Mapping[tuple[str, str, str], int]  # (detection | event, camera, label) -> messages
     mqtt: MqttStatus
+    failed_workers: tuple[WorkerFailure, ...] = ()  # threads that died: the process is unhealthy
 
     @property
     def cameras_running(self) -> int:

@@ -106,3 +106,16 @@ def test_the_mqtt_outage_queue_drops_the_oldest_and_counts_per_topic(caplog):
     assert dict(publisher.dropped_by_topic) == {"t/0": 2, "t/1": 2, "t/2": 1}  # messages 0..4 went
     assert [r.getMessage() for r in caplog.records] == [
         "MQTT queue full (10 messages, broker disconnected); dropping the oldest, 1 dropped so far"]
+
+
+def test_keyed_items_wait_once_per_key_with_the_newest_value_and_are_never_dropped():
+    q: BoundedQueue[str] = BoundedQueue(2, OverflowPolicy.DROP_OLDEST, logger=logging.getLogger("test"))
+    q.put("state=ON", key="state")
+    q.put("d1")
+    q.put("d2")
+    assert q.put("d3") == "d1"  # the bound counts items without a key only
+    q.put("state=OFF", key="state")  # replaces the queued state, keeping its place
+    q.put_front("other=ON", key="other")  # state to send first
+    q.put_front("state=stale", key="state")  # a key already queued keeps its newer value
+    assert len(q) == 4 and q.dropped == 1
+    assert [q.popleft() for _ in range(4)] == ["other=ON", "state=OFF", "d2", "d3"]

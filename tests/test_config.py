@@ -16,6 +16,7 @@ VALID = dedent(
     mqtt:
       host: 127.0.0.1
       password: ${MQTT_PASSWORD}
+      username: streamclf  # a password needs a user name
     labels:
       person:
         prompts: ["a photo of a person"]
@@ -54,13 +55,13 @@ def test_default_prompt_comes_from_the_label_name():
     "old, new, env, expected_path, expected_line, expected_text",
     [
         ("  host: 127.0.0.1\n", "  host: 127.0.0.1\n  hots: x\n", ENV, "mqtt.hots", 3, "unknown key"),
-        ("    fps: 2\n", "    fps: fast\n", ENV, "cameras.front_door.fps", 14, "valid number"),
-        ("    labels: [person, nothing]\n", "    labels: [person, cat]\n", ENV, "cameras.front_door.labels", 15,
+        ("    fps: 2\n", "    fps: fast\n", ENV, "cameras.front_door.fps", 15, "valid number"),
+        ("    labels: [person, nothing]\n", "    labels: [person, cat]\n", ENV, "cameras.front_door.labels", 16,
          "'cat'"),
-        ("${CAM_PASS}", "${CAM_PASS}", {"MQTT_PASSWORD": "x"}, "cameras.front_door.source", 13,
+        ("${CAM_PASS}", "${CAM_PASS}", {"MQTT_PASSWORD": "x"}, "cameras.front_door.source", 14,
          "${CAM_PASS} is not set"),
-        ("    threshold: 0.5\n", "    threshold: 1.5\n", ENV, "labels.person.threshold", 7, "less than or equal to 1"),
-        ("    source: 0\n", "    sorce: 0\n", ENV, "cameras.webcam", 16, "Field required"),
+        ("    threshold: 0.5\n", "    threshold: 1.5\n", ENV, "labels.person.threshold", 8, "less than or equal to 1"),
+        ("    source: 0\n", "    sorce: 0\n", ENV, "cameras.webcam", 17, "Field required"),
     ],
     ids=["unknown-key", "wrong-type", "unknown-label", "unset-var", "out-of-range", "missing-required"],
 )
@@ -90,7 +91,7 @@ def test_check_config_cli_exit_codes(tmp_path, capsys, monkeypatch):
     bad.write_text(VALID.replace("    fps: 2\n", "    fps: 2\n    colour: red\n"))
     assert main(["check-config", "-c", str(bad)]) == 1
     err = capsys.readouterr().err
-    assert "line 15: cameras.front_door.colour: unknown key" in err
+    assert "line 16: cameras.front_door.colour: unknown key" in err
     assert main(["check-config", "-c", str(tmp_path / "missing.yaml")]) == 1
     assert "cannot read the file" in capsys.readouterr().err
 
@@ -205,7 +206,7 @@ def test_every_problem_is_reported_together():
     paths = {p.path: p for p in info.value.problems}
     assert set(paths) == {"mqtt.hots", "cameras.front_door.fps", "cameras.front_door.labels"}, info.value.problems
     assert "unknown label(s) ['cat']" in paths["cameras.front_door.labels"].message
-    assert paths["cameras.front_door.labels"].line == 16
+    assert paths["cameras.front_door.labels"].line == 17
 
 
 def test_unset_variables_are_reported_with_the_other_problems():
@@ -224,6 +225,8 @@ def test_a_duplicate_key_is_an_error():
 
 def test_the_password_is_not_in_the_config_repr():
     """A config object that reaches a log line or an exception text does not carry the password with it."""
-    cfg = parse_config(f"mqtt: {{password: '{SECRET}'}}\nlabels: {{a: {{}}, b: {{}}}}\ncameras: {{c: {{source: 0}}}}\n")
+    cfg = parse_config(
+        f"mqtt: {{username: u, password: '{SECRET}'}}\nlabels: {{a: {{}}, b: {{}}}}\ncameras: {{c: {{source: 0}}}}\n"
+    )
     assert cfg.mqtt.password == SECRET
     assert SECRET not in repr(cfg) and SECRET not in str(cfg.mqtt)

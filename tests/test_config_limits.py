@@ -206,7 +206,7 @@ def test_values_the_daemon_cannot_run_with_are_rejected(path, value, expected):
         ("mqtt.topic_prefix", "home/cameras/clf"),
         ("mqtt.topic_prefix", "maison/caméras"),
         ("mqtt.client_id", "streamclf-garage"),
-        ("mqtt.password", "p" * 1000),
+        ("mqtt.username", "u" * 1000),
         ("cameras.front.source", "rtsps://cam.local:322/stream"),  # TLS: OpenCV's FFmpeg reads it
         ("cameras.front.source", "https://cam.local/video.mjpg"),
         ("cameras.front.source", "rtsp://admin:Sec@ret@cam.local:554/stream"),

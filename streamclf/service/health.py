@@ -3,9 +3,10 @@
 Progress means either frames are being classified, or there is honestly nothing to classify
 (cameras idle, offline or ended, nothing waiting in the batcher). What is *not* progress is
 the failure systemd's watchdog exists for: a model call that has run for longer than
-``stall_timeout_s``, frames waiting that nobody has classified for that long, or an
-inference thread that has died. Capture threads report their own states; a camera that
-cannot connect is not a hung daemon, so it does not stop the watchdog.
+``stall_timeout_s``, frames waiting that nobody has classified for that long, an
+inference thread that has died, or any worker thread (``streamclf/workers.py``) that
+ended by an exception: a stage that has stopped for good is a hung daemon too. Capture
+threads report their own states; a camera that cannot connect is not a hung daemon, so it does not stop the watchdog.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Sequence
 
 from streamclf.status import InferenceStatus
+from streamclf.workers import WorkerFailure
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,17 @@ class Progress:
 
 
 def evaluate_progress(inference: InferenceStatus, stall_timeout_s: float, now: float,
-                      waiting_since: float | None) -> Progress:
+                      waiting_since: float | None, failed_workers: Sequence[WorkerFailure] = ()) -> Progress:
     """Judge the pipeline at ``now`` (monotonic seconds); see the module docstring for the rules.
 
     ``waiting_since`` is when frames were first seen waiting in the batcher without a break
     (None: none waiting), so that the first frame after a long idle spell is not a stall.
+    ``failed_workers``: threads that died (``Workers.failures()``).
     """
+    if failed_workers:
+        dead = failed_workers[0]
+        more = f" (and {len(failed_workers) - 1} more)" if len(failed_workers) > 1 else ""
+        return Progress(False, f"thread {dead.name} has died: {dead.error}{more}")
     if not inference.alive:
         return Progress(False, "the inference thread has stopped")
     started = inference.batch_started
@@ -59,15 +67,17 @@ class ProgressMonitor:
         self._waiting_since: float | None = None
         self._lock = threading.Lock()
 
-    def check(self, inference: InferenceStatus, stall_timeout_s: float, now: float | None = None) -> Progress:
-        """Judge ``inference`` (a status snapshot) at ``now`` (monotonic seconds; default: the clock)."""
+    def check(self, inference: InferenceStatus, stall_timeout_s: float, now: float | None = None,
+              failed_workers: Sequence[WorkerFailure] = ()) -> Progress:
+        """Judge ``inference`` (a status snapshot) and ``failed_workers`` at ``now`` (monotonic seconds;
+        default: the clock)."""
         now = time.monotonic() if now is None else now
         with self._lock:
             if inference.queue_depth == 0:
                 self._waiting_since = None
             elif self._waiting_since is None:
                 self._waiting_since = now
-            return evaluate_progress(inference, stall_timeout_s, now, self._waiting_since)
+            return evaluate_progress(inference, stall_timeout_s, now, self._waiting_since, failed_workers)
 
 
 class RateMeter:

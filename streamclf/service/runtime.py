@@ -57,7 +57,8 @@ class Service(PipelineObserver):
     # -- figures ------------------------------------------------------------------
 
     def _judge(self, status: PipelineStatus) -> Progress:
-        return self.monitor.check(status.inference, status.config.service.stall_timeout_s)
+        return self.monitor.check(status.inference, status.config.service.stall_timeout_s,
+                                  failed_workers=status.failed_workers)
 
     def progress(self) -> Progress:
         """Is the pipeline making progress now (see ``service/health.py``)?"""

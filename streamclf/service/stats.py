@@ -41,6 +41,8 @@ def pipeline_figures(status: PipelineStatus, progress: Progress, classified_fps:
             "dropped_messages": mqtt.dropped_messages,
             "published_messages": mqtt.published_messages,
             "connects": mqtt.connects,
+            "connect_failures": mqtt.connect_failures,  # attempts that failed before the broker answered
+            "invalid_messages": mqtt.invalid_messages,  # refused by paho (over MQTT's limits) and dropped
         },
         "cameras": {
             name: {

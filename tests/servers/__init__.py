@@ -1,6 +1,7 @@
 """Real test servers for streamclf integration tests (no mocks).
 
-- ``MosquittoBroker``: a real ``mosquitto`` process on 127.0.0.1 (start/stop/restart, same port).
+- ``MosquittoBroker``: a real ``mosquitto`` process on 127.0.0.1 (start/stop/restart, same port),
+  optionally a TLS listener (``tls=``, files from ``tests/servers/tls.py``).
 - ``RtspServer``: ``tests/servers/rtsp_server.py`` (GstRtspServer) run by the *system* python.
 - ``MqttCollector`` / ``read_retained``: paho-mqtt 2.x subscribers that record messages.
 - ``make_video``: write a small synthetic video with cv2.VideoWriter.
@@ -74,15 +75,18 @@ def _kill(proc: Optional[subprocess.Popen], hard: bool, timeout: float = 5.0) ->
 class MosquittoBroker:
     """A real mosquitto broker on 127.0.0.1.
 
-    ``MosquittoBroker(port=None, username=None, password=None)``; ``start()``, ``stop(hard=False)``,
-    ``restart(hard=False, down_for=0.0)``; also a context manager.
+    ``MosquittoBroker(port=None, username=None, password=None, tls=None, require_certificate=False)``;
+    ``start()``, ``stop(hard=False)``, ``restart(hard=False, down_for=0.0)``; also a context manager.
+    With ``tls`` (a ``tests.servers.tls.TlsFiles``) the listener speaks TLS only, with the server
+    certificate; ``require_certificate`` makes it require a client certificate signed by the CA.
     """
 
     host = "127.0.0.1"
 
     def __init__(self, port: Optional[int] = None, username: Optional[str] = None,
-                 password: Optional[str] = None):
+                 password: Optional[str] = None, tls=None, require_certificate: bool = False):
         self._port = port or free_port()
+        self.tls, self.require_certificate = tls, require_certificate
         self.username, self.password = username, password
         self._dir = Path(tempfile.mkdtemp(prefix="mosq-"))
         self._proc: Optional[subprocess.Popen] = None
@@ -99,6 +103,9 @@ class MosquittoBroker:
     def _write_conf(self) -> Path:
         lines = [f"listener {self._port} {self.host}", "persistence false",
                  "log_dest stderr", "log_type error", "log_type warning"]
+        if self.tls is not None:
+            lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.server_cert}", f"keyfile {self.tls.server_key}",
+                      f"require_certificate {'true' if self.require_certificate else 'false'}"]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to 'mosquitto' and can't read our 0700 dir
         if self.username is not None:
@@ -139,6 +146,14 @@ class MosquittoBroker:
                 raise RuntimeError(f"mosquitto (rc={rc}) did not listen on {self.host}:{self._port} "
                                    f"within {timeout}s; log:\n{log_tail}")
             time.sleep(0.1)  # 'Address already in use' race: retry until the deadline
+
+    @property
+    def log_text(self) -> str:
+        """What mosquitto logged so far (errors, warnings, notices such as refused handshakes)."""
+        try:
+            return self._log.read_bytes().decode(errors="replace")
+        except OSError:
+            return ""
 
     def _log_tail(self, start: int = 0) -> str:
         try:
@@ -314,7 +329,8 @@ class MqttCollector:
     """
 
     def __init__(self, host: str, port: int, topic: str = "#", username: Optional[str] = None,
-                 password: Optional[str] = None, timeout: float = 10.0):
+                 password: Optional[str] = None, timeout: float = 10.0, tls=None):
+        """``tls``: a ``tests.servers.tls.TlsFiles`` to connect with TLS and its client certificate."""
         import paho.mqtt.client as mqtt
 
         self._mqtt = mqtt
@@ -330,6 +346,8 @@ class MqttCollector:
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
         self._client.reconnect_delay_set(0.1, 1)
+        if tls is not None:
+            self._client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.client_cert), keyfile=str(tls.client_key))
         self._client.connect(host, port, keepalive=30)
         self._client.loop_start()
         if not self._subscribed.wait(timeout):
