@@ -125,7 +125,7 @@ def apply_reload(pipeline: Pipeline, new: Config, plan: ReloadPlan, swap_timeout
         })
     try:
         pipeline.apply(new, restart_cameras=plan.cameras_restarted, swap_timeout_s=swap_timeout_s)
-    except SwapTimeout as exc:
+    except (SwapTimeout, ValueError) as exc:  # ValueError: an example image became unreadable since the check
         raise ReloadError(f"{exc}; the reload was not applied") from None
     if plan.cameras_added or plan.cameras_removed or plan.labels_changed:
         # Home Assistant entities and the control state topics follow the cameras and labels.
