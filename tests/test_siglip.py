@@ -58,7 +58,7 @@ def test_scores_equal_transformers_pipeline(clf, reference, shape, tolerance):
     labels = clf.encode_labels({p: [p] for p in PROMPTS})
     images = _images(1, shape)
     ours = clf.score(clf.embed_images(images), labels, [PROMPTS] * len(images))
-    for image, scores in zip(images, ours):
+    for image, scores in zip(images, ours, strict=True):
         ref = {r["label"]: r["score"] for r in reference(Image.fromarray(image), candidate_labels=PROMPTS,
                                                          hypothesis_template="{}")}
         for p in PROMPTS:
@@ -92,7 +92,7 @@ def test_each_label_scores_on_its_own(clf):
     emb = clf.embed_images(_images(2, (224, 224)))
     every = clf.score(emb, labels, [PROMPTS] * 3)
     alone = clf.score(emb, labels, [[PROMPTS[0]]] * 3)  # a camera with one label
-    for all_scores, one in zip(every, alone):
+    for all_scores, one in zip(every, alone, strict=True):
         assert one == {PROMPTS[0]: pytest.approx(all_scores[PROMPTS[0]], abs=1e-7)}
     assert any(abs(sum(s.values()) - 1) > 0.05 for s in every)  # not a softmax
 

@@ -15,8 +15,9 @@ With one prompt per label and no examples both equal what
 ``transformers.pipeline("zero-shot-image-classification")`` returns with ``hypothesis_template="{}"``.
 
 The image tower: CLIP runs our pooled-embedding tower (``image_tower``, oneDNN-packed on the
-CPU); SigLIP runs transformers' vision model forward (what ``get_image_features`` runs). Both may run in bf16/fp16, int8 and as CUDA
-graphs, each checked against the reference when it loads (``checks``).
+CPU); SigLIP runs transformers' vision model forward (what ``get_image_features`` runs). Both
+may run in bf16/fp16, int8 and as CUDA graphs; int8 and CUDA graphs are checked against the
+eager forward when they load (``checks``).
 
 Loading is in ``loading``, the load-time checks of each faster path in ``checks``.
 """
