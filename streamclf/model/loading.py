@@ -74,7 +74,7 @@ def _load_error(name: str, cause: BaseException | str) -> ModelLoadError:
         f"  looked in: " + "; ".join(looked) + "\n"
         "  fix: on a machine with network, download it once:\n"
         f"    python -c \"from huggingface_hub import snapshot_download; snapshot_download('{name}', "
-        f"local_dir='clip-model', allow_patterns=['*.json', '*.txt', '*.safetensors'])\"\n"
+        f"local_dir='clip-model', allow_patterns=['*.json', '*.txt', '*.model', '*.safetensors'])\"\n"
         "  then copy the clip-model directory here and set model.name in the config to its path\n"
         "  (or set HF_HOME to a Hugging Face cache that already holds the model)."
     )
@@ -180,4 +180,8 @@ def load_pretrained(name: str):
             return model, tokenizer, _preprocess_spec(name, source, local_only, model)
         except (OSError, ValueError) as exc:
             last = exc
+        except ImportError as exc:  # e.g. SigLIP's SentencePiece tokenizer without the sentencepiece package
+            raise ModelLoadError(f"cannot load model {name!r}: {short_error(exc)}\n"
+                                 "  fix: install the package it names into streamclf's environment "
+                                 "(pip install 'streamclf[siglip]' installs sentencepiece)") from None
     raise _load_error(name, short_error(last) if last else "not in the cache and the hub is unreachable")
