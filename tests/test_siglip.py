@@ -172,3 +172,23 @@ def test_siglip_config_runs_end_to_end(tmp_path, broker, prefix, collector, sigl
         assert d["scores"]["red_thing"] == pytest.approx(red_alone[d["frame_index"]], abs=1e-6)
     assert any(abs(sum(d["scores"].values()) - 1) > 0.01 for d in both)
     assert TEST_DEVICE in daemon.output
+
+
+@pytest.mark.parametrize("precision, min_cosine", [("bf16", 0.99), ("int8", 0.95)])
+def test_siglip_runs_at_lower_precision_on_the_generic_path(siglip_dir, clf, precision, min_cosine):
+    low = ClipClassifier(ModelConfig(name=str(siglip_dir), device="cpu", precision=precision))
+    images = _images(4, (240, 320))
+    cosine = torch.nn.functional.cosine_similarity(low.embed_images(images), clf.embed_images(images), dim=-1)
+    assert cosine.min().item() > min_cosine
+    assert low.encode_prompts(["a car"]).dtype == torch.float32
+
+
+def test_device_preprocessing_resizes_to_the_square_like_the_host():
+    from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor
+
+    spec = PreprocessSpec.from_processor_dict(PREPROCESSOR)
+    images = _images(5, (480, 640)) + _images(6, (200, 300))
+    host = BatchPreprocessor(spec, torch.device("cpu"))(images, bgr=True).clone()
+    device = DeviceBatchPreprocessor(spec, torch.device("cpu"))(images, bgr=True)
+    assert host.shape == device.shape == (6, 3, 224, 224)
+    assert (host - device).abs().max() <= 1 / 255 / 0.5 + 1e-6  # a level of rounding apart at most
