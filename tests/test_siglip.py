@@ -49,9 +49,9 @@ def test_siglip_checkpoint_loads_as_a_per_label_model(clf):
     assert clf.preprocess.spec == PreprocessSpec(224, 224, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), square=True)
 
 
-# (300, 200) is enlarged along one side, where PIL's and torch's antialiased bicubic round differently
-# by a level here and there: close, not equal (the CLIP tests say the same of 640x480).
-@pytest.mark.parametrize("shape, tolerance", [((224, 224), 1e-4), ((480, 640), 1e-4), ((300, 200), 0.01)])
+# Resized frames: PIL's and torch's antialiased bicubic round a level apart here and there, so scores
+# are close, not equal (the CLIP tests say the same of 640x480); enlarging (300x200) differs the most.
+@pytest.mark.parametrize("shape, tolerance", [((224, 224), 1e-4), ((480, 640), 1e-3), ((300, 200), 0.01)])
 def test_scores_equal_transformers_pipeline(clf, reference, shape, tolerance):
     from PIL import Image
 
