@@ -24,8 +24,11 @@ round of each is reported, with every round in the JSON: on a shared machine the
 disturbed round is the closest to what the hardware does, and interleaving exposes all three
 to the same background load.
 
-The model is a full-size random-weight ViT-B/32 (benchmarks/model.py): speed does not depend on
-weight values. Results go to stdout (table last) and to JSON (--out).
+The model is a full-size random-weight CLIP ViT-B/32 (benchmarks/model.py): speed does not depend on
+weight values. With ``--models clip,siglip`` (the default) (a) and (b) are measured in the same
+rounds for a full-size random-weight SigLIP base (siglip-base-patch16-224's shapes) too, which
+runs transformers' vision forward rather than the CLIP tower; (c) and (d) are CLIP's. Results go
+to stdout (table last) and to JSON (--out).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import LABEL_PROMPTS, REPO, ModelOnly, machine, synthetic_videos  # noqa: E402
-from benchmarks.model import build_vit_b32  # noqa: E402
+from benchmarks.model import build_siglip_base, build_vit_b32  # noqa: E402
 
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "streamclf-bench"
 
@@ -273,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-priority", choices=["auto", "normal", "idle"], default=None,
                    help="cameras.*.decode_priority (default: the daemon's, auto)")
     p.add_argument("--parts", default="abcd", help="which of (a)-(d) to run (ratios need a, b and c)")
+    p.add_argument("--models", default="clip,siglip",
+                   help="models for (a) and (b): clip (ViT-B/32) and/or siglip (SigLIP base, patch 16)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cameras", type=int, default=4, help="synthetic files for (b)")
     p.add_argument("--frames", type=int, default=150, help="frames per file for (b) (10 fps files, all sampled)")
@@ -307,12 +312,17 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, load average {info['load_average']}", flush=True)
     model_dir = build_vit_b32(args.workdir / "vit-b32")
+    siglip_dir = build_siglip_base(args.workdir / "siglip-base") if "siglip" in args.models else None
     videos = synthetic_videos(args.workdir / "videos", args.cameras, args.frames)
 
     # The machine may be shared: (a), (b) and (c) run in interleaved rounds, so each sees the same
     # background load over time, and the best round of each is reported (the least disturbed).
     rounds: list[dict] = []
     model = ModelOnly(model_dir, args.device, args.precision, args.batch_size) if "a" in args.parts else None
+    if "clip" not in args.models:
+        model = None
+    siglip = (ModelOnly(siglip_dir, args.device, args.precision, args.batch_size)
+              if siglip_dir is not None and "a" in args.parts else None)
     naive = NaiveLoop(model_dir, videos, args.device) if "c" in args.parts else None
     with MosquittoBroker() as broker:
         for r in range(args.rounds):
@@ -322,23 +332,31 @@ def main(argv: list[str] | None = None) -> int:
                 row["a"]["load_average_1m"] = round(os.getloadavg()[0], 2)
                 print(f"  round {r + 1} (a) model only: {row['a']['images_per_s']:.1f} images/s "
                       f"({row['a']['precision']}, batch {args.batch_size})", flush=True)
-            if "b" in args.parts:
-                row["b"] = daemon_end_to_end(model_dir, videos, args.frames, args, broker, run_dir)
-                row["b"]["load_average_1m"] = round(os.getloadavg()[0], 2)
-                print(f"  round {r + 1} (b) daemon: {row['b']['frames_per_s']:.1f} frames/s "
-                      f"({row['b']['frames']}/{row['b']['expected_frames']} frames)", flush=True)
+            if siglip:
+                row["a_siglip"] = siglip.measure(args.model_seconds)
+                row["a_siglip"]["load_average_1m"] = round(os.getloadavg()[0], 2)
+                print(f"  round {r + 1} (a) SigLIP model only: {row['a_siglip']['images_per_s']:.1f} images/s "
+                      f"({row['a_siglip']['precision']}, batch {args.batch_size})", flush=True)
+            for key, directory in (("b", model_dir if "clip" in args.models else None), ("b_siglip", siglip_dir)):
+                if "b" not in args.parts or directory is None:
+                    continue
+                row[key] = daemon_end_to_end(directory, videos, args.frames, args, broker, run_dir)
+                row[key]["load_average_1m"] = round(os.getloadavg()[0], 2)
+                print(f"  round {r + 1} ({key}) daemon: {row[key]['frames_per_s']:.1f} frames/s "
+                      f"({row[key]['frames']}/{row[key]['expected_frames']} frames)", flush=True)
             if naive:
                 row["c"] = naive.measure(args.naive_seconds)
                 row["c"]["load_average_1m"] = round(os.getloadavg()[0], 2)
                 print(f"  round {r + 1} (c) naive pipeline: {row['c']['frames_per_s']:.2f} frames/s", flush=True)
             rounds.append(row)
-        del model, naive
+        del model, naive, siglip
 
         def best(part: str, key: str) -> dict | None:
             rows = [row[part] for row in rounds if part in row]
             return max(rows, key=lambda x: x[key]) if rows else None
 
         a, b, c = best("a", "images_per_s"), best("b", "frames_per_s"), best("c", "frames_per_s")
+        a_siglip, b_siglip = best("a_siglip", "images_per_s"), best("b_siglip", "frames_per_s")
         if "d" not in args.parts or args.skip_rtsp:
             d = {"skipped": "not requested"}
         else:
@@ -353,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         per_round = [row["b"]["frames_per_s"] / row["a"]["images_per_s"] for row in rounds]
         ratios["b_over_a_by_round"] = per_round
         ratios["b_over_a_median_round"] = statistics.median(per_round)
+    if a_siglip and b_siglip:
+        ratios["siglip_b_over_a"] = b_siglip["frames_per_s"] / a_siglip["images_per_s"]
     if b and c:
         ratios["b_over_c"] = b["frames_per_s"] / c["frames_per_s"]
         per_round = [row["b"]["frames_per_s"] / row["c"]["frames_per_s"] for row in rounds]
@@ -360,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios["b_over_c_median_round"] = statistics.median(per_round)
     result = {"machine": info, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "a_model_only": a, "b_daemon_end_to_end": b, "c_naive_pipeline": c, "d_realtime_capacity": d,
+              "a_model_only_siglip": a_siglip, "b_daemon_end_to_end_siglip": b_siglip,
               "ratios": ratios, "rounds": rounds}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -372,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
     if b:
         rows.append(("(b) daemon end to end", f"{b['frames_per_s']:.1f} frames/s",
                      f"{b['cameras']} files ({', '.join(b['sizes'])}), real mosquitto, same precision and batch"))
+    if a_siglip:
+        rows.append(("(a) SigLIP model only", f"{a_siglip['images_per_s']:.1f} img/s",
+                     f"SigLIP base/16 (transformers' vision forward), precision {a_siglip['precision']}, "
+                     f"batch {a_siglip['batch_size']}"))
+    if b_siglip:
+        rows.append(("(b) SigLIP daemon end to end", f"{b_siglip['frames_per_s']:.1f} frames/s",
+                     f"as (b), SigLIP base/16; (b)/(a) {ratios.get('siglip_b_over_a', float('nan')):.3f}"))
     if c:
         rows.append(("(c) naive pipeline loop", f"{c['frames_per_s']:.2f} frames/s",
                      "transformers pipeline per frame, fp32, 5 labels"))

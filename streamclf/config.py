@@ -16,6 +16,7 @@ redacted.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
 import os
 import re
@@ -54,11 +55,15 @@ MAX_LABELS = 256  # every label is a retained state per camera (and zone), and r
 MAX_ZONES_PER_CAMERA = 32
 MAX_PROMPTS_PER_LABEL = 100
 MAX_PROMPT_CHARS = 1000  # CLIP reads 77 tokens; far longer text is a mistake
+MAX_EXAMPLE_ENTRIES = 100  # paths or globs per label
+MAX_EXAMPLE_IMAGES = 500  # images per label once globs are expanded: each is embedded at start and on reload
 MAX_WEBCAM_INDEX = 99  # OpenCV reads index // 100 as a choice of backend
 MAX_BOX_PIXELS = 65535
 SOURCE_SCHEMES = ("rtsp", "rtsps", "http", "https")  # what OpenCV's FFmpeg reads, TLS included
 # Values never shown in an error message, as key paths; a value substituted from ${VAR} is never shown either.
 SECRET_FIELDS = frozenset({("mqtt", "password")})
+# How each supported checkpoint family (config.json's model_type) turns similarities into scores.
+SCORE_OF_MODEL_TYPE = {"clip": "softmax", "siglip": "sigmoid"}
 
 _NAME = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_-]{{0,{MAX_NAME_CHARS - 1}}}")
 _NAME_RULE = (f"must be 1 to {MAX_NAME_CHARS} letters, digits, '_' or '-', not starting with '-' "
@@ -381,6 +386,12 @@ class ModelConfig(_Model):
         description="Where frames are resized and normalised: host (CPU) or device (uint8 frames to the GPU); "
         "auto: device on CUDA, host on the CPU.",
     )
+    score: Literal["auto", "softmax", "sigmoid"] = Field(
+        "auto",
+        description="How scores are made, which must be the model's: softmax over a camera's labels (CLIP) or a "
+        "sigmoid per label (SigLIP). auto: from the checkpoint's config.json when it is on this machine, else "
+        "softmax's rules (at least two labels per camera); the model is checked against it when it loads.",
+    )
     cuda_graphs: bool = Field(
         True,
         description="On CUDA, replay the image model as CUDA graphs (one per batch size 1, 2, 4, .. batch_size), "
@@ -408,6 +419,35 @@ class ModelConfig(_Model):
             raise ValueError("must not be empty")
         return v
 
+    @property
+    def effective_score(self) -> str:
+        """softmax or sigmoid: ``score``, or for auto the checkpoint's own when its config.json is here."""
+        if self.score != "auto":
+            return self.score
+        return SCORE_OF_MODEL_TYPE.get(checkpoint_model_type(self.name) or "", "softmax")
+
+
+def checkpoint_model_type(name: str) -> str | None:
+    """The ``model_type`` in a checkpoint's config.json, from its directory or the Hugging Face cache;
+    None when neither has it (never asks the hub)."""
+    import json
+
+    path: Any = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(name, "config.json")
+        except ValueError:  # not a hub id
+            return None
+    if not isinstance(path, (str, Path)):
+        return None
+    try:
+        model_type = json.loads(Path(path).read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model_type if isinstance(model_type, str) else None
+
 
 # Home Assistant's binary_sensor device classes (homeassistant.components.binary_sensor.BinarySensorDeviceClass);
 # tests/test_homeassistant_schemas.py checks this list against the installed Home Assistant.
@@ -425,6 +465,15 @@ class LabelConfig(_Model):
         None, max_length=MAX_PROMPTS_PER_LABEL,
         description=f"Text prompts, at most {MAX_PROMPTS_PER_LABEL} of at most {MAX_PROMPT_CHARS} characters; "
         "default: 'a photo of a <name>' from the label name.",
+    )
+    examples: list[str] | None = Field(
+        None, max_length=MAX_EXAMPLE_ENTRIES,
+        description="Pictures of the label (of what it is not, for a background label): paths or globs, relative "
+        f"to the config file; at most {MAX_EXAMPLE_IMAGES} images. Their image embeddings join the prompts'.",
+    )
+    examples_weight: float = Field(
+        0.5, ge=0, le=1,
+        description="Weight w (0..1) of the examples: embedding = normalise((1-w) mean(prompts) + w mean(examples)).",
     )
     threshold: float = Field(0.5, ge=0, le=1, description="Score (0..1) at or above which the label is published.")
     background: bool = Field(False, description="Takes part in scoring but is never published.")
@@ -459,9 +508,65 @@ class LabelConfig(_Model):
             raise ValueError(f"each prompt must be at most {MAX_PROMPT_CHARS} characters")
         return v
 
+    @field_validator("examples")
+    @classmethod
+    def _examples(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not e.strip() for e in v)):
+            raise ValueError("must be a non-empty list of paths or globs")
+        for entry in v or []:
+            _check_text(entry, 4096)
+        return v
+
+    def example_paths(self, base_dir: str | Path) -> list[Path]:
+        """The example image files, globs expanded (sorted), relative entries under ``base_dir``.
+
+        Raises ValueError naming the entry that matches no file, or when there are too many images.
+        """
+        paths: list[Path] = []
+        for entry in self.examples or []:
+            full = Path(base_dir, Path(entry).expanduser())
+            if any(c in entry for c in "*?["):
+                found = sorted(Path(p) for p in glob.glob(str(full), recursive=True) if os.path.isfile(p))
+                if not found:
+                    raise ValueError(f"{entry!r} matches no file (under {base_dir})")
+                paths += found
+            elif not full.is_file():
+                raise ValueError(f"{entry!r}: no such file ({full})")
+            else:
+                paths.append(full)
+        if len(paths) > MAX_EXAMPLE_IMAGES:
+            raise ValueError(f"at most {MAX_EXAMPLE_IMAGES} example images per label (these match {len(paths)})")
+        return paths
+
     def prompts_for(self, name: str) -> list[str]:
         """The prompts to embed for this label; names like 'delivery_van' read as 'delivery van'."""
         return list(self.prompts) if self.prompts else [f"a photo of a {name.replace('_', ' ')}"]
+
+
+@dataclass(frozen=True)
+class LabelExamples:
+    """A label's example images, as files, and their weight (0..1) in its embedding."""
+
+    paths: tuple[Path, ...]
+    weight: float
+
+
+def example_problems(labels: Mapping[str, LabelConfig], base_dir: str | Path) -> list[tuple[tuple, str]]:
+    """Example images that are missing, match nothing or do not decode (OpenCV), as (key path, message) pairs."""
+    import cv2
+
+    problems: list[tuple[tuple, str]] = []
+    for name, lc in labels.items():
+        where = ("labels", name, "examples")
+        try:
+            paths = lc.example_paths(base_dir)
+        except ValueError as exc:
+            problems.append((where, str(exc)))
+            continue
+        for path in paths:
+            if cv2.imread(str(path), cv2.IMREAD_COLOR) is None:
+                problems.append((where, f"{path} is not an image OpenCV can decode (missing, unreadable or corrupt)"))
+    return problems
 
 
 class LabelOverride(_Model):
@@ -821,7 +926,7 @@ class Config(_Model):
             name: _CameraRefs(cam.labels, list(cam.label_overrides), list(cam.zones))
             for name, cam in self.cameras.items()
         }
-        return _cross_section_problems(list(self.labels), cameras)
+        return _cross_section_problems(list(self.labels), cameras, self.model.effective_score)
 
     def problems(self) -> list[ConfigProblem]:
         """Rules that span sections, as problems without lines (the config was not read from a file)."""
@@ -836,6 +941,12 @@ class Config(_Model):
         """Label name -> the prompts its text embedding is made from, in config order."""
         return {name: lc.prompts_for(name) for name, lc in self.labels.items()}
 
+    def label_examples(self, base_dir: str | Path) -> dict[str, LabelExamples]:
+        """Label name -> its example images (files under ``base_dir``, the config file's directory),
+        for the labels that have examples. Raises ValueError as ``LabelConfig.example_paths``."""
+        return {name: LabelExamples(tuple(lc.example_paths(base_dir)), lc.examples_weight)
+                for name, lc in self.labels.items() if lc.examples}
+
 
 class _CameraRefs(NamedTuple):
     """The names a camera refers to, all that the cross-section rules need."""
@@ -845,8 +956,12 @@ class _CameraRefs(NamedTuple):
     zones: list[str]
 
 
-def _cross_section_problems(labels: list[str], cameras: Mapping[str, _CameraRefs]) -> list[tuple[tuple, str]]:
+def _cross_section_problems(labels: list[str], cameras: Mapping[str, _CameraRefs],
+                            score: str = "softmax") -> list[tuple[tuple, str]]:
     """Rules between the labels section and the cameras, as (key path, message) pairs.
+
+    ``score`` (softmax or sigmoid) is the model's: a softmax needs two labels to compare, a
+    per-label sigmoid scores a single one.
 
     Works on names alone, so it runs on a file whose sections have other errors as well.
     """
@@ -858,8 +973,9 @@ def _cross_section_problems(labels: list[str], cameras: Mapping[str, _CameraRefs
         where = ("cameras", cam_name, "labels")
         if unknown:
             problems.append((where, f"unknown label(s) {unknown}; known labels: {sorted(known)}"))
-        elif len(names) < 2:
-            problems.append((where, "needs at least two labels: scores are a softmax over them"))
+        elif len(names) < 2 and score == "softmax":
+            problems.append((where, "needs at least two labels: this model's scores are a softmax over a camera's "
+                                    "labels (a per-label model such as SigLIP, model.score: sigmoid, scores one)"))
         for label in cam.overrides:
             if label not in names:
                 problems.append(
@@ -894,7 +1010,12 @@ def _raw_cross_section_problems(data: Any) -> list[tuple[tuple, str]]:
         if not isinstance(overrides, dict) or not isinstance(zones, dict):
             continue
         cameras[str(name)] = _CameraRefs(labels, [str(k) for k in overrides], [str(k) for k in zones])
-    return _cross_section_problems([str(k) for k in data["labels"]], cameras)
+    model = data.get("model")
+    try:
+        score = ModelConfig.model_validate(model if isinstance(model, dict) else {}).effective_score
+    except ValidationError:
+        score = "softmax"
+    return _cross_section_problems([str(k) for k in data["labels"]], cameras, score)
 
 
 @dataclass(frozen=True)
@@ -961,11 +1082,13 @@ def _shown_value(loc: tuple, value: Any, from_env: AbstractSet[tuple]) -> str | 
 def validate_config(
     data: Any, source: str = "<config>", lines: Mapping[tuple, int] | None = None,
     from_env: AbstractSet[tuple] = frozenset(), env: Mapping[str, str] | None = None,
+    base_dir: str | Path | None = None,
 ) -> Config:
     """Validate ``data`` (a config as Python data); raise ConfigError listing every problem.
 
     ``lines`` and ``from_env`` come from the YAML reader (see ``parse_config``). With ``env``,
-    the password credential is read too, as the daemon will at start.
+    the password credential is read too, as the daemon will at start. With ``base_dir`` (the
+    config file's directory) every label's example images are found and decoded.
     """
     lines = lines or {}
     try:
@@ -977,6 +1100,8 @@ def validate_config(
                      if (p.path, p.message) not in seen]
         raise ConfigError(source, problems) from None
     problems = [_problem(loc, msg, lines) for loc, msg in cfg.cross_check_problems()]
+    if base_dir is not None:
+        problems += [_problem(loc, msg, lines) for loc, msg in example_problems(cfg.labels, base_dir)]
     if env is not None:
         try:
             cfg.mqtt.resolve_password(env)
@@ -1068,8 +1193,12 @@ def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith((parent + ".", parent + "["))
 
 
-def parse_config(text: str, source: str = "<config>", env: dict | None = None) -> Config:
-    """Parse and validate YAML ``text``; raise ConfigError listing every problem with its line."""
+def parse_config(text: str, source: str = "<config>", env: dict | None = None,
+                 base_dir: str | Path | None = None) -> Config:
+    """Parse and validate YAML ``text``; raise ConfigError listing every problem with its line.
+
+    ``base_dir``: the directory relative paths in it are under; example images are checked when given.
+    """
     env = dict(os.environ) if env is None else env
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -1084,7 +1213,7 @@ def parse_config(text: str, source: str = "<config>", env: dict | None = None) -
         raise ConfigError(source, [ConfigProblem("", 1, "the top level must be a mapping")])
     problems = list(reader.problems)
     try:
-        cfg = validate_config(data, source, reader.lines, reader.from_env, env)
+        cfg = validate_config(data, source, reader.lines, reader.from_env, env, base_dir)
     except ConfigError as exc:
         # A value left empty by an unset variable is reported as that, not again as what the emptiness breaks.
         problems += [p for p in exc.problems if not any(_under(p.path, q.path) for q in reader.problems)]
@@ -1110,4 +1239,4 @@ def load_config(path: str | Path, env: dict | None = None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
         raise ConfigError(str(p), [ConfigProblem("", None, f"cannot read the file: {why}")]) from None
-    return parse_config(text, str(p), env)
+    return parse_config(text, str(p), env, p.resolve().parent)

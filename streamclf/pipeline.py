@@ -23,13 +23,13 @@ from streamclf.alerts import AlertPublisher
 from streamclf.batch_classifier import BatchClassifier
 from streamclf.batching import Batcher
 from streamclf.camera_set import CameraSet
-from streamclf.config import Config, LabelConfig
+from streamclf.config import Config, LabelConfig, example_problems
 from streamclf.control import Controller
 from streamclf.decisions import Decider
 from streamclf.drop_log import DropLog
 from streamclf.gating import ChangeGate
 from streamclf.homeassistant import HomeAssistantDiscovery
-from streamclf.model import ClipClassifier
+from streamclf.model import ClipClassifier, LabelSet
 from streamclf.mqtt_client import MqttClient
 from streamclf.observer import ObserverGroup, PipelineObserver
 from streamclf.sinks import DecisionSink, TopLabelSink
@@ -69,7 +69,7 @@ class Pipeline:
         classifier.reserve_model_thread()
         # Change gating (off by default): unchanged frames (or zones) reuse their last scores.
         gate = ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
-        initial = BatchState(cfg, classifier.encode_labels(cfg.label_prompts()), ZoneCropper(cfg.cameras))
+        initial = BatchState(cfg, self._encode_labels(cfg), ZoneCropper(cfg.cameras))
         self._state = PipelineState(initial, self._decider, self._alerts, gate)
         self._observers = ObserverGroup()
         self._batches = BatchClassifier(classifier, self._state, self.batcher, gate,
@@ -82,6 +82,11 @@ class Pipeline:
         self._control = Controller(self, self.publisher, on_labels_changed=self._discovery.announce,
                                    workers=self.workers)
         self._inference = self.workers.thread(self._inference_loop, "inference")
+
+    def _encode_labels(self, cfg: Config) -> LabelSet:
+        """The label set of ``cfg``: prompts, and example images under the config file's directory.
+        Raises ValueError naming an example image that cannot be read."""
+        return self.classifier.encode_labels(cfg.label_prompts(), cfg.label_examples(self._base_dir or "."))
 
     def _snapshot_writer(self, cfg: Config) -> SnapshotWriter:
         # The qos is read when a snapshot is sent, so a reload that changes it applies.
@@ -126,17 +131,20 @@ class Pipeline:
     def apply(self, new: Config, restart_cameras: Sequence[str] = (), swap_timeout_s: float | None = None) -> Config:
         """Switch to ``new`` while running; returns it. SIGHUP reload and runtime ``labels/set`` both come here.
 
-        Label prompts are re-encoded (only if they changed) and a new snapshot writer made before
+        Labels are re-encoded (when their prompts or examples changed, and always when they have
+        examples: the pictures may have changed on disk) and a new snapshot writer made before
         the swap, while batches go on with the old state; the swap itself happens between two
         batches (``PipelineState.apply``). Then cameras removed from the config stop, cameras new to
         it start, and ``restart_cameras`` (whose capture settings changed) restart. Raises
         SwapTimeout, with nothing changed, when the batch in flight runs longer than
-        ``swap_timeout_s`` seconds (default ``Pipeline.swap_timeout_s``).
+        ``swap_timeout_s`` seconds (default ``Pipeline.swap_timeout_s``), and ValueError, with
+        nothing changed, when an example image cannot be read.
         """
         old = self.cfg
-        prompts = new.label_prompts()
-        reencode = list(prompts.items()) != list(old.label_prompts().items())
-        label_set = self.classifier.encode_labels(prompts) if reencode else None
+        reencode = (list(new.label_prompts().items()) != list(old.label_prompts().items())
+                    or any(lc.examples for lc in new.labels.values())
+                    or any(lc.examples for lc in old.labels.values()))
+        label_set = self._encode_labels(new) if reencode else None
         snapshots = self._snapshot_writer(new) if new.events.snapshots != old.events.snapshots else None
         timeout_s = self.swap_timeout_s if swap_timeout_s is None else swap_timeout_s
         replaced = self._state.apply(new, label_set, snapshots, timeout_s)
@@ -177,11 +185,12 @@ class Pipeline:
     def replace_labels(self, labels: Mapping[str, LabelConfig]) -> Config:
         """Switch to a new label set between two batches, without dropping frames; returns the new config.
 
-        Raises ValueError when a camera's label list would become invalid, or when the batch in
-        flight outlasts ``swap_timeout_s``; nothing changes then.
+        Raises ValueError when a camera's label list would become invalid, an example image is
+        missing, matches nothing or does not decode (relative paths are under the config file's
+        directory), or when the batch in flight outlasts ``swap_timeout_s``; nothing changes then.
         """
         new_cfg = self.cfg.model_copy(update={"labels": dict(labels)})
-        problems = new_cfg.cross_check_problems()
+        problems = new_cfg.cross_check_problems() + example_problems(new_cfg.labels, self._base_dir or ".")
         if problems:
             raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         try:

@@ -109,8 +109,8 @@ def test_initial_state_is_published_from_the_config(control):
     assert "home/clf/back/person/threshold/state" not in r  # not one of back's labels
     assert "home/clf/front/empty/threshold/state" not in r  # background: never published, no threshold
     assert json.loads(r["home/clf/labels/state"])["car"] == {
-        "prompts": ["a car"], "threshold": 0.7, "background": False, "min_consecutive": 2, "off_delay_s": 5.0,
-        "cooldown_s": 0.0, "device_class": None, "icon": None,
+        "prompts": ["a car"], "examples": None, "examples_weight": 0.5, "threshold": 0.7, "background": False,
+        "min_consecutive": 2, "off_delay_s": 5.0, "cooldown_s": 0.0, "device_class": None, "icon": None,
     }
 
 

@@ -42,6 +42,19 @@ class TransformersImageTower(torch.nn.Module):
         return self.projection(self.vision_model(pixel_values=pixel_values).pooler_output)
 
 
+class TransformersImageFeatures(torch.nn.Module):
+    """The image tower of families other than CLIP, as transformers computes it: the vision model's
+    pooled output (SigLIP's attention-pooling head included), which is what ``get_image_features``
+    returns. Only the vision model is held, so a bf16/fp16 tower leaves the text tower in fp32."""
+
+    def __init__(self, vision_model: torch.nn.Module):
+        super().__init__()
+        self.vision_model = vision_model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_model(pixel_values=pixel_values).pooler_output
+
+
 def lowest_cosine(a: torch.nn.Module, b: torch.nn.Module, pixels: torch.Tensor) -> float:
     """The lowest cosine similarity between the embeddings ``a`` and ``b`` give the images in ``pixels``."""
     with torch.inference_mode():

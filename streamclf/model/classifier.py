@@ -1,11 +1,23 @@
-"""The classifier proper: CLIP's image and text towers on one device, scoring frames against label sets.
+"""The classifier proper: a CLIP or SigLIP model's image and text towers on one device, scoring frames.
 
-A label's text embedding is the normalised mean of its prompts' normalised
-embeddings, computed once when the labels are set, never per frame. A frame's score
-for each of its camera's labels is softmax(logit_scale * cosine) over that camera's
-labels, which with one prompt per label equals what
-``transformers.pipeline("zero-shot-image-classification")`` returns with
-``hypothesis_template="{}"``.
+A label's embedding is made once when the labels are set, never per frame:
+normalise((1 - w) * mean_text + w * mean_image), where mean_text is the mean of its prompts'
+normalised text embeddings, mean_image that of its example images' normalised image
+embeddings and w its ``examples_weight`` (w = 0 without examples).
+
+A frame's scores depend on the family (``score_kind``):
+
+- CLIP (softmax): softmax(logit_scale * cosine) over the camera's labels; they sum to 1, and
+  adding a label moves the others.
+- SigLIP (sigmoid): sigmoid(logit_scale * cosine + logit_bias) for each label on its own.
+
+With one prompt per label and no examples both equal what
+``transformers.pipeline("zero-shot-image-classification")`` returns with ``hypothesis_template="{}"``.
+
+The image tower: CLIP runs our pooled-embedding tower (``image_tower``, oneDNN-packed on the
+CPU); SigLIP runs transformers' vision model forward (what ``get_image_features`` runs). Both
+may run in bf16/fp16, int8 and as CUDA graphs; int8 and CUDA graphs are checked against the
+eager forward when they load (``checks``).
 
 Loading is in ``loading``, the load-time checks of each faster path in ``checks``.
 """
@@ -22,12 +34,18 @@ import cv2
 import numpy as np
 import torch
 
-from streamclf.config import ModelConfig
+from streamclf.config import SCORE_OF_MODEL_TYPE, LabelExamples, ModelConfig
 from streamclf.model import torch_threads
-from streamclf.model.checks import checked_image_tower, graphed_if_equal, packed_if_equal, quantized_int8
+from streamclf.model.checks import (
+    TransformersImageFeatures,
+    checked_image_tower,
+    graphed_if_equal,
+    packed_if_equal,
+    quantized_int8,
+)
 from streamclf.model.cuda_graphs import GraphedEncoder
 from streamclf.model.device import resolve_device, resolve_precision
-from streamclf.model.loading import load_pretrained
+from streamclf.model.loading import ModelLoadError, load_pretrained
 from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -45,7 +63,7 @@ class LabelSet:
 
 
 class ClipClassifier:
-    """CLIP image and text towers on one device, scoring frames against label sets."""
+    """A CLIP or SigLIP model's image and text towers on one device, scoring frames against label sets."""
 
     def __init__(self, cfg: ModelConfig):
         self.cfg = cfg
@@ -75,7 +93,18 @@ class ClipClassifier:
         model, self.tokenizer, spec = load_pretrained(cfg.name)
         model.eval()
         self.model = model.to(self.device)
-        self.image_tower = checked_image_tower(self.model)
+        self.model_type: str = model.config.model_type
+        self.score_kind: str = SCORE_OF_MODEL_TYPE[self.model_type]
+        if cfg.score not in ("auto", self.score_kind):
+            raise ModelLoadError(f"model.score is {cfg.score}, but {cfg.name} is a {self.model_type} model, whose "
+                                 f"scores are a {self.score_kind}: set model.score: {self.score_kind} or auto")
+        # Text is tokenised as the family was trained: SigLIP always padded to its 64 positions.
+        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
+        self._pad_to_max = self.model_type == "siglip"
+        if self.model_type == "clip":
+            self.image_tower = checked_image_tower(self.model)
+        else:
+            self.image_tower = TransformersImageFeatures(self.model.vision_model)
         self._autocast_dtype: torch.dtype | None = None
         self.int8_cosine: float | None = None  # set when precision int8 is checked against fp32 at load
         model_dtype = torch.float32
@@ -95,6 +124,8 @@ class ClipClassifier:
         preprocessor = DeviceBatchPreprocessor if use_device else BatchPreprocessor
         self.preprocess = preprocessor(spec, self.device, model_dtype)
         self.logit_scale = float(self.model.logit_scale.exp().item())
+        bias = getattr(self.model, "logit_bias", None)
+        self.logit_bias = float(bias.item()) if bias is not None else 0.0
         self._graphed: GraphedEncoder | None = None
         if self.device.type == "cuda" and cfg.cuda_graphs:
             row = (3, spec.crop_height, spec.crop_width)
@@ -129,39 +160,69 @@ class ClipClassifier:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
 
-    def _tokenize(self, prompts: list[str]):
-        """Tokens of ``prompts``, cut to the text model's positions.
+    def _tokens(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids (and attention mask, where the family uses one) for ``prompts``, on the device.
 
-        The limit comes from the text model's config, not the tokenizer: a checkpoint whose
-        tokenizer has no ``model_max_length`` (or transformers' "no limit" sentinel) would
-        otherwise hand the model more positions than it has, and fail.
+        Prompts longer than the text tower's positions are cut to fit, with a warning naming them:
+        the words past the limit never reach the model.
         """
-        max_length = getattr(self.model.text_model.config, "max_position_embeddings", None)
-        if max_length:
-            too_long = sum(len(ids) > max_length for ids in self.tokenizer(prompts)["input_ids"])
-            if too_long:
-                log.warning("%d prompt(s) longer than the model's %d tokens are truncated to it; the end of "
-                            "each is not seen", too_long, max_length)
-        return self.tokenizer(prompts, padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt").to(self.device)
+        limit = self.max_text_tokens
+        lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+        for prompt, n in zip(prompts, lengths, strict=True):
+            if n > limit:
+                log.warning("prompt %r is %d tokens, more than the %d this model reads: it is cut to the first %d",
+                            prompt, n, limit, limit)
+        padding = "max_length" if self._pad_to_max else True
+        tokens = self.tokenizer(prompts, padding=padding, max_length=limit, truncation=True, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
 
     @torch.inference_mode()
-    def encode_labels(self, prompts: Mapping[str, Sequence[str]]) -> LabelSet:
-        """Embed each label's prompts: normalised mean of normalised prompt embeddings (fp32)."""
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised fp32 text embeddings (N, dim) of ``prompts``."""
         self._pin_caller()
-        names = tuple(prompts)
-        flat = [p for n in names for p in prompts[n]]
-        tokens = self._tokenize(flat)
+        tokens = self._tokens(list(prompts))
         with self._lock:
-            out = self.model.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
-            text = self.model.text_projection(out.pooler_output).float()
-        text = torch.nn.functional.normalize(text, dim=-1)
+            text = self.model.get_text_features(**tokens)
+        text = getattr(text, "pooler_output", text)  # transformers 5 may return an output object
+        return torch.nn.functional.normalize(text.float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_labels(self, prompts: Mapping[str, Sequence[str]],
+                      examples: Mapping[str, LabelExamples] | None = None) -> LabelSet:
+        """Each label's embedding from its prompts and, where ``examples`` has it, its example images.
+
+        normalise((1 - w) * mean of normalised prompt embeddings + w * mean of normalised image
+        embeddings), w the examples' weight (0..1); fp32. Raises ValueError naming an example image
+        that cannot be read.
+        """
+        names = tuple(prompts)
+        text = self.encode_prompts([p for n in names for p in prompts[n]])
+        examples = examples or {}
         rows, start = [], 0
         for n in names:
             k = len(prompts[n])
-            rows.append(torch.nn.functional.normalize(text[start : start + k].mean(0), dim=-1))
+            row = text[start : start + k].mean(0)
             start += k
+            if n in examples and examples[n].paths:
+                w = examples[n].weight
+                row = (1 - w) * row + w * self._example_mean(examples[n].paths)
+            rows.append(torch.nn.functional.normalize(row, dim=-1))
         return LabelSet(names, torch.stack(rows))
+
+    def _example_mean(self, paths: Sequence) -> torch.Tensor:
+        """Mean of the normalised image embeddings of the image files ``paths``, batch by batch."""
+        total, step = None, self.cfg.batch_size
+        for i in range(0, len(paths), step):
+            images = []
+            for path in paths[i : i + step]:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise ValueError(f"example image {path} cannot be read or decoded")
+                images.append(image)
+            emb = self.embed_images(images, bgr=True).sum(0)
+            total = emb if total is None else total + emb
+        assert total is not None
+        return total / len(paths)
 
     @property
     def prepare_image(self) -> Callable[[np.ndarray], torch.Tensor] | None:
@@ -206,11 +267,18 @@ class ClipClassifier:
     @torch.inference_mode()
     def score(self, embeddings: torch.Tensor, labels: LabelSet,
               subsets: Sequence[Sequence[str]]) -> list[dict[str, float]]:
-        """Softmax(logit_scale * cosine) of each embedding over its own subset of label names."""
+        """Scores (0..1) of each embedding for its own subset of label names.
+
+        softmax(logit_scale * cosine) over the subset for CLIP; sigmoid(logit_scale * cosine +
+        logit_bias) per label for SigLIP, where the subset changes nothing but which labels are scored.
+        """
         cos = (embeddings @ labels.embeddings.T).cpu()
         results = []
         for row, names in zip(cos, subsets, strict=True):
-            idx = labels.index(names)
-            probs = torch.softmax(self.logit_scale * row[idx], dim=-1).tolist()
+            logits = self.logit_scale * row[labels.index(names)]
+            if self.score_kind == "sigmoid":
+                probs = torch.sigmoid(logits + self.logit_bias).tolist()
+            else:
+                probs = torch.softmax(logits, dim=-1).tolist()
             results.append(dict(zip(names, probs, strict=True)))
         return results

@@ -1,4 +1,9 @@
-"""Finding and loading a CLIP checkpoint: a local directory, the Hugging Face cache, or the hub.
+"""Finding and loading a checkpoint (CLIP or SigLIP): a local directory, the Hugging Face cache, or the hub.
+
+The family is the checkpoint's ``model_type`` (its config.json): ``clip`` loads as ``CLIPModel``,
+``siglip`` as ``SiglipModel`` (SigLIP, and SigLIP 2's fixed-resolution checkpoints, which are
+saved as ``siglip``). SigLIP 2's NaFlex checkpoints (``siglip2``) take patch sequences of varying
+length rather than square images, and are refused with a message that names the alternative.
 
 Every way loading can fail ends in a ``ModelLoadError`` whose message says where we looked
 and what to do, never in a traceback: the daemon usually runs as a service on a machine
@@ -14,6 +19,7 @@ import socket
 import stat
 from pathlib import Path
 
+from streamclf.config import SCORE_OF_MODEL_TYPE
 from streamclf.model.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -65,11 +71,11 @@ def _load_error(name: str, cause: BaseException | str) -> ModelLoadError:
     else:
         looked.append("the hub (unreachable from this machine)" if not _hub_reachable() else "the hub")
     return ModelLoadError(
-        f"cannot load CLIP model {name!r}: {cause}\n"
+        f"cannot load model {name!r}: {cause}\n"
         f"  looked in: " + "; ".join(looked) + "\n"
         "  fix: on a machine with network, download it once:\n"
         f"    python -c \"from huggingface_hub import snapshot_download; snapshot_download('{name}', "
-        f"local_dir='clip-model', allow_patterns=['*.json', '*.txt', '*.safetensors'])\"\n"
+        f"local_dir='clip-model', allow_patterns=['*.json', '*.txt', '*.model', '*.safetensors'])\"\n"
         "  then copy the clip-model directory here and set model.name in the config to its path\n"
         "  (or set HF_HOME to a Hugging Face cache that already holds the model)."
     )
@@ -98,40 +104,60 @@ def check_readable(name: str, directory: Path) -> None:
         return
     st = path.stat()
     raise ModelLoadError(
-        f"cannot load CLIP model {name!r}: {path} is not readable by this process "
+        f"cannot load model {name!r}: {path} is not readable by this process "
         f"(uid {os.geteuid()}; the {'directory' if path.is_dir() else 'file'} has mode "
         f"{stat.filemode(st.st_mode)}, owner uid {st.st_uid})\n"
         f"  fix: make the model directory readable by every user: chmod -R a+rX {directory}"
     )
 
 
-def _preprocess_spec(name: str, source: str, local_only: bool) -> PreprocessSpec:
+def _preprocess_spec(name: str, source: str, local_only: bool, model) -> PreprocessSpec:
     """The checkpoint's image preprocessing, from whichever file transformers keeps it in.
 
     transformers 5 saves it nested in ``processor_config.json``, older versions in
     ``preprocessor_config.json``; transformers' own resolution reads either. We take its
     settings rather than an image processor object, which would need Pillow or torchvision,
-    neither of which the daemon otherwise uses.
+    neither of which the daemon otherwise uses. A checkpoint without them gets its family's
+    defaults at the vision tower's input size, never another family's.
     """
     from transformers.image_processing_base import ImageProcessingMixin
 
     try:
         settings, _ = ImageProcessingMixin.get_image_processor_dict(source, local_files_only=local_only)
     except OSError:
-        spec = PreprocessSpec()
+        spec = PreprocessSpec.family_default(model.config.model_type, model.config.vision_config.image_size)
+        family = {"clip": "CLIP", "siglip": "SigLIP"}.get(model.config.model_type, model.config.model_type)
         log.warning("model %s has no image processor settings (preprocessor_config.json or processor_config.json); "
-                    "using CLIP's defaults %s", name, spec)
+                    "using %s's defaults %s", name, family, spec)
         return spec
     return PreprocessSpec.from_processor_dict(settings)
+
+
+def _model_class(name: str, source: str, local_only: bool):
+    """The transformers class for the checkpoint's ``model_type``; ModelLoadError for a family we do not score."""
+    from transformers import AutoConfig, CLIPModel, SiglipModel
+
+    model_type = AutoConfig.from_pretrained(source, local_files_only=local_only).model_type
+    classes = {"clip": CLIPModel, "siglip": SiglipModel}
+    if model_type in classes:
+        return classes[model_type]
+    if model_type == "siglip2":
+        raise ModelLoadError(
+            f"model {name!r} is a SigLIP 2 NaFlex checkpoint (model_type siglip2), whose image input is a "
+            "variable-length patch sequence; streamclf reads fixed-resolution checkpoints: use one such as "
+            "google/siglip2-base-patch16-224 (model_type siglip)")
+    raise ModelLoadError(f"model {name!r} has model_type {model_type!r}; supported: "
+                         f"{', '.join(sorted(SCORE_OF_MODEL_TYPE))}")
 
 
 def load_pretrained(name: str):
     """Load model, tokenizer and preprocessing spec from a local directory, the cache, or the hub.
 
-    ``name`` is a hub id ("org/name") or a directory. Returns ``(CLIPModel, tokenizer,
-    PreprocessSpec)``; raises ``ModelLoadError`` with what to do when it cannot.
+    ``name`` is a hub id ("org/name") or a directory. Returns ``(model, tokenizer,
+    PreprocessSpec)``, the model a ``CLIPModel`` or ``SiglipModel`` by the checkpoint's
+    ``model_type``; raises ``ModelLoadError`` with what to do when it cannot.
     """
-    from transformers import AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one log line says the model loaded; no progress bars in service logs
@@ -150,9 +176,13 @@ def load_pretrained(name: str):
         if not local_only and (_offline() or not _hub_reachable()):
             break
         try:
-            model = CLIPModel.from_pretrained(source, local_files_only=local_only)
+            model = _model_class(name, source, local_only).from_pretrained(source, local_files_only=local_only)
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
-            return model, tokenizer, _preprocess_spec(name, source, local_only)
+            return model, tokenizer, _preprocess_spec(name, source, local_only, model)
         except (OSError, ValueError) as exc:
             last = exc
+        except ImportError as exc:  # e.g. SigLIP's SentencePiece tokenizer without the sentencepiece package
+            raise ModelLoadError(f"cannot load model {name!r}: {short_error(exc)}\n"
+                                 "  fix: install the package it names into streamclf's environment "
+                                 "(pip install 'streamclf[siglip]' installs sentencepiece)") from None
     raise _load_error(name, short_error(last) if last else "not in the cache and the hub is unreachable")

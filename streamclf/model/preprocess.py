@@ -1,8 +1,14 @@
-"""Batched CLIP image preprocessing on uint8 arrays, without PIL.
+"""Batched image preprocessing on uint8 arrays, without PIL, as the checkpoint's image processor does it.
 
-Matches CLIPImageProcessor for the loaded model: resize so the shortest edge is
-``size`` (the long edge scaled and truncated as transformers does), centre crop to
-``crop``, scale to 0..1 and normalise by the model's mean and std.
+Two resizes, as the checkpoint's settings say (``PreprocessSpec.from_processor_dict``):
+
+- CLIP (CLIPImageProcessor): resize so the shortest edge is ``size`` (the long edge scaled
+  and truncated as transformers does), then centre crop to ``crop_size``;
+- SigLIP (SiglipImageProcessor): resize to the square ``size`` ({"height", "width"}), aspect
+  ratio not kept, no crop.
+
+Then scale to 0..1 and normalise by the checkpoint's mean and std (CLIP's own statistics,
+SigLIP's 0.5/0.5).
 
 Two implementations, chosen by ``model.preprocess``:
 
@@ -37,30 +43,49 @@ from streamclf.model import torch_threads
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """The parts of a model's preprocessor_config.json that matter. Sizes in pixels."""
+    """The parts of a model's preprocessor_config.json that matter. Sizes in pixels.
+
+    ``square``: resize the whole frame to (crop_height, crop_width), no crop (SigLIP);
+    otherwise resize the shortest edge to ``shortest_edge`` and centre-crop (CLIP).
+    """
 
     shortest_edge: int = 224
     crop_height: int = 224
     crop_width: int = 224
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    square: bool = False
 
     @classmethod
     def from_processor_dict(cls, d: dict) -> "PreprocessSpec":
+        """The spec of an image processor's settings (transformers' image-processor dict)."""
         size = d.get("size", {"shortest_edge": 224})
         shortest = size.get("shortest_edge") if isinstance(size, dict) else int(size)
-        if shortest is None:  # {"height": h, "width": w} style: square models
+        mean, std = tuple(d.get("image_mean", cls.mean)), tuple(d.get("image_std", cls.std))
+        if shortest is None and not d.get("do_center_crop", False):
+            # {"height": h, "width": w} and no crop: SiglipImageProcessor's resize to that size.
+            h, w = int(size["height"]), int(size["width"])
+            return cls(shortest_edge=min(h, w), crop_height=h, crop_width=w, mean=mean, std=std, square=True)
+        if shortest is None:  # {"height": h, "width": w} followed by a centre crop
             shortest = min(size["height"], size["width"])
         crop = d.get("crop_size", {"height": shortest, "width": shortest})
         if isinstance(crop, int):
             crop = {"height": crop, "width": crop}
-        return cls(
-            shortest_edge=int(shortest),
-            crop_height=int(crop["height"]),
-            crop_width=int(crop["width"]),
-            mean=tuple(d.get("image_mean", cls.mean)),
-            std=tuple(d.get("image_std", cls.std)),
-        )
+        return cls(shortest_edge=int(shortest), crop_height=int(crop["height"]), crop_width=int(crop["width"]),
+                   mean=mean, std=std)
+
+    @classmethod
+    def family_default(cls, model_type: str, image_size: int) -> "PreprocessSpec":
+        """What the family's image processor does by default, at the vision tower's input size (pixels)."""
+        if model_type == "siglip":
+            return cls(image_size, image_size, image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), square=True)
+        return cls(image_size, image_size, image_size)
+
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) in pixels a (height, width) frame is resized to, before any crop."""
+        if self.square:
+            return self.crop_height, self.crop_width
+        return resize_shortest_edge(height, width, self.shortest_edge)
 
 
 def resize_shortest_edge(height: int, width: int, shortest: int) -> tuple[int, int]:
@@ -110,7 +135,7 @@ def resize_and_crop(image: np.ndarray, spec: PreprocessSpec, out: torch.Tensor |
     Writes into ``out`` when given. Channels stay in the image's order (RGB stays RGB, BGR stays BGR).
     """
     h, w = image.shape[:2]
-    crop = centre_crop(_resize_planar(image, *resize_shortest_edge(h, w, spec.shortest_edge)), spec)
+    crop = centre_crop(_resize_planar(image, *spec.resized_size(h, w)), spec)
     return crop.contiguous() if out is None else out.copy_(crop)
 
 
@@ -256,7 +281,7 @@ class DeviceBatchPreprocessor:
         return out
 
     def _resize_crop(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        nh, nw = resize_shortest_edge(h, w, self.spec.shortest_edge)
+        nh, nw = self.spec.resized_size(h, w)
         if (nh, nw) != (h, w):
             # The CPU has a fast uint8 kernel for this filter; CUDA's works on floats.
             if x.device.type != "cpu":

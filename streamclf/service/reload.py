@@ -38,7 +38,7 @@ class ReloadPlan:
     cameras_added: tuple[str, ...] = ()
     cameras_removed: tuple[str, ...] = ()
     cameras_restarted: tuple[str, ...] = ()  # source, fps or another capture setting changed
-    reencode_labels: bool = False  # label names or prompts changed
+    reencode_labels: bool = False  # label names, prompts or examples changed, or labels have examples
     labels_changed: bool = False  # labels, thresholds, a camera's labels/overrides/zones, or events
     snapshots_changed: bool = False
     mqtt_changed: bool = False
@@ -81,7 +81,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         n for n in new.cameras
         if n in old.cameras and old.cameras[n].model_dump(exclude=scoring) != new.cameras[n].model_dump(exclude=scoring)
     )
-    reencode = old.label_prompts() != new.label_prompts()
+    # Example pictures may have changed on disk under the same names: labels with examples are always re-encoded.
+    reencode = (old.label_prompts() != new.label_prompts()
+                or any(lc.examples for cfg in (old, new) for lc in cfg.labels.values()))
     scoring_changed = any(
         old.cameras[n].model_dump(include=scoring) != new.cameras[n].model_dump(include=scoring)
         for n in new.cameras if n in old.cameras
@@ -127,7 +129,7 @@ def apply_reload(pipeline: Pipeline, new: Config, plan: ReloadPlan, swap_timeout
         })
     try:
         pipeline.apply(new, restart_cameras=plan.cameras_restarted, swap_timeout_s=swap_timeout_s)
-    except SwapTimeout as exc:
+    except (SwapTimeout, ValueError) as exc:  # ValueError: an example image became unreadable since the check
         raise ReloadError(f"{exc}; the reload was not applied") from None
     if plan.cameras_added or plan.cameras_removed or plan.labels_changed:
         # Home Assistant entities and the control state topics follow the cameras and labels.
