@@ -29,7 +29,7 @@ from streamclf.decisions import Decider
 from streamclf.drop_log import DropLog
 from streamclf.gating import ChangeGate
 from streamclf.homeassistant import HomeAssistantDiscovery
-from streamclf.model import ClipClassifier
+from streamclf.model import ClipClassifier, LabelSet
 from streamclf.observer import ObserverGroup, PipelineObserver
 from streamclf.mqtt_client import MqttClient
 from streamclf.sinks import DecisionSink, TopLabelSink
@@ -39,6 +39,11 @@ from streamclf.status import InferenceStatus, MqttStatus, PipelineStatus, camera
 from streamclf.zones import ZoneCropper
 
 log = logging.getLogger(__name__)
+
+
+def label_set_for(classifier: ClipClassifier, cfg: Config) -> LabelSet:
+    """The text embeddings every batch of ``cfg`` scores against (``streamclf evaluate`` uses it too)."""
+    return classifier.encode_labels(cfg.label_prompts())
 
 
 class Pipeline:
@@ -63,7 +68,7 @@ class Pipeline:
         classifier.reserve_model_thread()
         # Change gating (off by default): unchanged frames (or zones) reuse their last scores.
         gate = ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
-        initial = BatchState(cfg, classifier.encode_labels(cfg.label_prompts()), ZoneCropper(cfg.cameras))
+        initial = BatchState(cfg, label_set_for(classifier, cfg), ZoneCropper(cfg.cameras))
         self._state = PipelineState(initial, self._decider, self._alerts, gate)
         self._observers = ObserverGroup()
         self._batches = BatchClassifier(classifier, self._state, self.batcher, gate,
