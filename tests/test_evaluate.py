@@ -52,12 +52,13 @@ def footage(tmp_path_factory, tiny_clip_dir):
     sampled = frames[:: SOURCE_FPS // CAMERA_FPS]
     scores = classifier.score(classifier.embed_images(sampled, bgr=True), label_set, [list(LABELS)] * len(sampled))
     red = [RED_FROM <= i * (SOURCE_FPS // CAMERA_FPS) < RED_TO for i in range(len(sampled))]
-    gaps = {label: min(s[label] for s, r in zip(scores, red) if r) - max(s[label] for s, r in zip(scores, red) if not r)
+    gaps = {label: min(s[label] for s, r in zip(scores, red, strict=True) if r)
+            - max(s[label] for s, r in zip(scores, red, strict=True) if not r)
             for label in ("red_thing", "blue_thing")}
     label = max(gaps, key=gaps.__getitem__)
     assert gaps[label] > 0.005, f"the tiny model does not tell the scenes apart: {gaps}"
-    positives = [s[label] for s, r in zip(scores, red) if r]
-    negatives = [s[label] for s, r in zip(scores, red) if not r]
+    positives = [s[label] for s, r in zip(scores, red, strict=True) if r]
+    negatives = [s[label] for s, r in zip(scores, red, strict=True) if not r]
     return video, label, positives, negatives
 
 
@@ -113,8 +114,33 @@ def test_evaluate_finds_a_threshold_between_the_scenes_and_the_daemon_then_gives
     # The daemon with the suggested threshold, through the broker: one event, exactly the labelled one.
     daemon = start_daemon(_config(tmp_path, tiny_clip_dir, broker, prefix, video, _labels(label, suggested)))
     assert daemon.wait(60) == 0, daemon.output
-    collector.wait_for(lambda m: any(e["type"] == "end" for e in collector.json_messages(f"{prefix}/driveway/event")), 10)
+    topic = f"{prefix}/driveway/event"
+    collector.wait_for(lambda m: any(e["type"] == "end" for e in collector.json_messages(topic)), 10)
     events = [e for e in collector.json_messages(f"{prefix}/driveway/event") if e["type"] != "update"]
     assert [(e["type"], e["label"]) for e in events] == [("start", label), ("end", label)]
     # Starts on the first labelled frame, ends on the first frame after the labelled interval (2 fps).
     assert events[0]["start_time"] == pytest.approx(4.0) and events[1]["end_time"] == pytest.approx(8.0)
+
+
+def test_stills_in_label_folders_count_as_frames_and_background_folders_as_negatives(
+        tmp_path, broker, prefix, tiny_clip_dir, footage):
+    video, label, _, _ = footage
+    stills = tmp_path / "stills"
+    for folder, indexes in ((label, range(RED_FROM, RED_FROM + 3)), ("nothing", range(3))):
+        (stills / folder).mkdir(parents=True)
+        for i in indexes:
+            cv2.imwrite(str(stills / folder / f"{i}.png"), _scene(i))
+    cfg_path = write_config(tmp_path / "config.yaml", _config(tmp_path, tiny_clip_dir, broker, prefix, video,
+                                                             _labels(label, 0.999)))
+    truth = tmp_path / "truth.yaml"
+    truth.write_text("images:\n  dir: stills\n")  # one camera: it is the stills' camera
+    report = tmp_path / "report.json"
+
+    assert main(["evaluate", "-c", str(cfg_path), str(truth), "--json", str(report), "--quiet"]) == 0
+
+    body = json.loads(report.read_text())
+    assert (body["videos"], body["images"]) == (0, 6)
+    r = body["labels"][label]
+    assert (r["frames"], r["positive_frames"], r["roc_auc"]) == (6, 3, 1.0)
+    assert r["at_suggested"]["f1"] == 1.0
+    assert r["events_at_configured"]["intervals"] == 0  # stills have no time: frame figures only

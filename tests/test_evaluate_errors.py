@@ -34,7 +34,8 @@ def workdir(tmp_path_factory):
 @pytest.mark.parametrize("truth, line, message", [
     ("videos:\n  driveway.mp4:\n    camera: driveway\n    ghost: [[0, 1]]\n", 4, "label 'ghost' is not in the config"),
     ("videos:\n  driveway.mp4:\n    camera: garden\n", 3, "camera 'garden' is not in the config"),
-    ("videos:\n  driveway.mp4:\n    camera: porch\n    car: [[0, 1]]\n", 4, "label 'car' is not a label of camera 'porch'"),
+    ("videos:\n  driveway.mp4:\n    camera: porch\n    car: [[0, 1]]\n", 4,
+     "label 'car' is not a label of camera 'porch'"),
     ("videos:\n  driveway.mp4:\n    nothing: [[0, 1]]\n", 3, "'nothing' is a background label"),
     ("videos:\n  missing.mp4:\n    camera: driveway\n", 2, "missing.mp4 does not exist"),
     ("videos:\n  broken.mp4:\n    camera: driveway\n", 2, "is not a video OpenCV/FFmpeg can read"),

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run_evaluate(args: argparse.Namespace, cfg: Config, make_classifier: Callable[[ModelConfig], ClipClassifier]) -> int:
+def run_evaluate(args: argparse.Namespace, cfg: Config,
+                 make_classifier: Callable[[ModelConfig], ClipClassifier]) -> int:
     """Run the subcommand on a loaded ``cfg``; returns the exit code."""
     from streamclf.evaluate.truth import TruthError, load_truth
 

@@ -93,7 +93,8 @@ class Suggestion:
     reached: bool = True  # False when no threshold reaches the target precision (then: best F1)
 
 
-def suggest_threshold(scores: np.ndarray, positive: np.ndarray, target_precision: float | None = None) -> Suggestion | None:
+def suggest_threshold(scores: np.ndarray, positive: np.ndarray,
+                      target_precision: float | None = None) -> Suggestion | None:
     """The threshold that maximises F1 or, with ``target_precision`` (0..1), the lowest one whose
     precision reaches it. None without positive frames."""
     scores = np.asarray(scores, dtype=float)

@@ -115,7 +115,8 @@ class OfflineScorer:
         statuses: list[CameraStatus] = []
         prepare = None if cam_cfg.zones else self.classifier.prepare_image
         cam = make_camera(camera, cam_cfg, batcher, statuses.append, None, prepare)
-        progress = Progress(_short(path), int(duration_s * cam_cfg.fps) + 1, interval_s=0.2 if self.show_progress else 1e9)
+        progress = Progress(_short(path), int(duration_s * cam_cfg.fps) + 1,
+                            interval_s=0.2 if self.show_progress else 1e9)
         recorder, batches = self._batch_classifier(cfg, batcher, progress)
         started = time.monotonic()
         cam.start()

@@ -22,7 +22,7 @@ def write_plot(ev: Evaluation, path: str) -> None:
     rows = max(1, len(ev.labels))
     fig, axes = plt.subplots(rows, 3, figsize=(16, 3.6 * rows), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 1, 2.2]})
-    for row, report in zip(axes, ev.labels):
+    for row, report in zip(axes, ev.labels, strict=False):  # one row even with no label
         _histograms(row[0], report)
         _pr_curve(row[1], report)
         _timeline(row[2], report)
@@ -42,7 +42,11 @@ def _mark_thresholds(ax, r: LabelReport, horizontal: bool = False) -> None:
 
 
 def _histograms(ax, r: LabelReport) -> None:
-    bins = np.linspace(0.0, 1.0, 51)
+    # Over the scores' own range: zero-shot scores often sit in a narrow band, which 0..1 bins would hide.
+    marks = [*r.configured_thresholds.values(), *([r.suggestion.threshold] if r.suggestion else [])]
+    lo, hi = min([*r.scores, *marks], default=0.0), max([*r.scores, *marks], default=1.0)
+    pad = max(0.02 * (hi - lo), 1e-3)
+    bins = np.linspace(max(0.0, lo - pad), min(1.0, hi + pad), 51)
     ax.hist(r.scores[~r.positive], bins=bins, alpha=0.6, color="tab:gray", label="absent")
     ax.hist(r.scores[r.positive], bins=bins, alpha=0.6, color="tab:blue", label="present")
     _mark_thresholds(ax, r)
@@ -75,7 +79,8 @@ def _timeline(ax, r: LabelReport) -> None:
     offset = 0.0
     for i, tl in enumerate(r.timelines):
         for s, e in tl.truth:
-            ax.axvspan(offset + s, offset + e, color="tab:blue", alpha=0.15, label="present" if i == 0 and s == tl.truth[0][0] else None)
+            first = i == 0 and s == tl.truth[0][0]
+            ax.axvspan(offset + s, offset + e, color="tab:blue", alpha=0.15, label="present" if first else None)
         ax.plot(offset + tl.times, tl.scores, color="black", linewidth=0.8, label="score" if i == 0 else None)
         for s, e in tl.on_configured:
             ax.plot([offset + s, offset + e], [-0.04, -0.04], color=CONFIGURED_COLOUR, linewidth=4)

@@ -12,7 +12,14 @@ from streamclf.config import Config
 from streamclf.decisions import Decider
 from streamclf.entities import Classification
 from streamclf.evaluate.metrics import (
-    EventCounts, FrameCounts, Suggestion, average_precision, counts_at, match_events, roc_auc, suggest_threshold,
+    EventCounts,
+    FrameCounts,
+    Suggestion,
+    average_precision,
+    counts_at,
+    match_events,
+    roc_auc,
+    suggest_threshold,
 )
 from streamclf.evaluate.offline import ScoredVideo, replay_decisions
 from streamclf.evaluate.truth import Truth
@@ -103,7 +110,7 @@ def _label_report(cfg: Config, label: str, truth: Truth, videos: Sequence[Scored
     scores, positive, thresholds = [], [], []
     timelines, events, footage_s = [], [], 0.0
     configured: dict[str, float] = {}
-    for vt, sv in zip(truth.videos, videos):
+    for vt, sv in zip(truth.videos, videos, strict=True):
         threshold = _threshold(cfg, vt.camera, label)
         if threshold is None:
             continue
@@ -141,7 +148,7 @@ def _label_report(cfg: Config, label: str, truth: Truth, videos: Sequence[Scored
 def _with_suggested_events(r: LabelReport, truth: Truth, videos: Sequence[ScoredVideo],
                            suggested: dict[str, float]) -> LabelReport:
     timelines, events = [], []
-    by_path = {vt.path: (vt, sv) for vt, sv in zip(truth.videos, videos)}
+    by_path = {vt.path: (vt, sv) for vt, sv in zip(truth.videos, videos, strict=True)}
     for tl in r.timelines:
         vt, sv = by_path[tl.video]
         on = tuple((p.start_s, p.end_s) for p in replay_decisions(sv.cfg, sv.records, suggested).get(r.label, []))
@@ -188,15 +195,16 @@ def format_table(ev: Evaluation) -> str:
             rows.append(("suggested", r.at_suggested, r.events_suggested))
         for i, (name, fc, ec) in enumerate(rows):
             head = (f"{r.label:<16} {r.frames:>7d} {r.positives:>6d} {_f(r.roc_auc):>6} {_f(r.average_precision):>6}"
-                    if i == 0 else " " * 50)
+                    if i == 0 else " " * 45)
             thr = _threshold_text(r) if name == "configured" else f"{fc.threshold:g}"
             ev_text = (f"{ec.hit:>2d}/{ec.intervals:<2d} {ec.missed:>6d} {ec.false_on_per_hour:>8.2f}"
                        if ec is not None else "")
-            lines.append(f"{head}  {name:<10} {thr:>7} {_f(fc.precision):>6} {_f(fc.recall):>6} {_f(fc.f1):>6}  {ev_text}")
+            figures = f"{_f(fc.precision):>6} {_f(fc.recall):>6} {_f(fc.f1):>6}"
+            lines.append(f"{head}  {name:<10} {thr:>7} {figures}  {ev_text}")
         if r.suggestion is not None:
-            lines.append(" " * 50 + f"  (suggested for {r.suggestion.reason})")
+            lines.append(" " * 45 + f"  (suggested for {r.suggestion.reason})")
         elif r.positives == 0:
-            lines.append(" " * 50 + "  (no positive frames: no threshold to suggest)")
+            lines.append(" " * 45 + "  (no positive frames: no threshold to suggest)")
     return "\n".join(lines)
 
 
@@ -240,7 +248,8 @@ def suggested_yaml(cfg: Config, ev: Evaluation) -> str:
         for camera in r.configured_thresholds:
             o = cfg.cameras[camera].label_overrides.get(r.label)
             if o is not None and o.threshold is not None:
-                overrides.setdefault(camera, []).append(f"        {r.label}:\n          threshold: {r.suggestion.threshold:g}")
+                overrides.setdefault(camera, []).append(
+                    f"        {r.label}:\n          threshold: {r.suggestion.threshold:g}")
     if len(out) == 1:
         return "# no label has positive frames: nothing to suggest\n"
     if overrides:

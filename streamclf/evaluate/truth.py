@@ -171,8 +171,8 @@ def _camera_for(node: yaml.Node | None, key: yaml.Node, path: str, cfg: Config, 
             return None
         return str(node.value)
     target = os.path.realpath(path)
-    matches = [name for name, cam in cfg.cameras.items()
-               if cam.is_file and os.path.realpath(os.path.join(config_dir, os.path.expanduser(str(cam.source)))) == target]
+    matches = [name for name, cam in cfg.cameras.items() if cam.is_file
+               and os.path.realpath(os.path.join(config_dir, os.path.expanduser(str(cam.source)))) == target]
     if len(matches) != 1:
         why = "no camera has" if not matches else f"cameras {', '.join(matches)} have"
         problems.add(key, f"video {key.value}: {why} this file as its source; say which with 'camera:'")
@@ -200,7 +200,7 @@ def _intervals(node: yaml.Node, label: str, duration_s: float, problems: _Proble
         else:
             found.append((Interval(start, end), item))
     found.sort(key=lambda f: f[0].start_s)
-    for (a, _), (b, item) in zip(found, found[1:]):
+    for (a, _), (b, item) in zip(found, found[1:], strict=False):
         if b.start_s < a.end_s:
             problems.add(item, f"label {label!r}: interval [{b.start_s:g}, {b.end_s:g}] overlaps "
                                f"[{a.start_s:g}, {a.end_s:g}]; merge them")
@@ -228,7 +228,8 @@ def _images(node: yaml.Node, cfg: Config, base: str, problems: _Problems) -> tup
     if "camera" in entries:
         camera = str(entries["camera"][1].value)
         if camera not in cfg.cameras:
-            problems.add(entries["camera"][1], f"camera {camera!r} is not in the config (cameras: {', '.join(cfg.cameras)})")
+            problems.add(entries["camera"][1],
+                         f"camera {camera!r} is not in the config (cameras: {', '.join(cfg.cameras)})")
             return None, []
     elif len(cfg.cameras) == 1:
         camera = next(iter(cfg.cameras))
@@ -251,7 +252,8 @@ def _image_files(root: str, node: yaml.Node, labels: list[str], camera: str,
         if not os.path.isdir(folder):
             continue
         if label not in labels:
-            problems.add(node, f"image folder {label!r} is not a label of camera {camera!r} (its labels: {', '.join(labels)})")
+            problems.add(node, f"image folder {label!r} is not a label of camera {camera!r} "
+                               f"(its labels: {', '.join(labels)})")
             continue
         for name in sorted(os.listdir(folder)):
             path = os.path.join(folder, name)
