@@ -64,10 +64,10 @@ def _score_and_report(args: argparse.Namespace, cfg: Config, truth, make_classif
         return 2
     try:
         videos = [scorer.score_video(v.camera, v.path, v.duration_s) for v in truth.videos]
+        images = scorer.score_images(truth.images_camera, truth.images) if truth.images and truth.images_camera else []
     except FootageError as exc:
         print(f"{args.truth}: {exc}", file=sys.stderr)
         return 3
-    images = scorer.score_images(truth.images_camera, truth.images) if truth.images and truth.images_camera else []
     ev = build_report(cfg, truth, videos, images, args.target_precision)
     print(format_table(ev))
     if args.json:

@@ -165,6 +165,8 @@ class OfflineScorer:
 
 def _still(camera: str, index: int, path: str) -> Frame:
     image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:  # checked when the TRUTH file was read; gone or changed since
+        raise FootageError(f"{path} cannot be read")
     return Frame(camera, image, index, float(index), time.monotonic())
 
 

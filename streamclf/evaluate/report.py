@@ -190,7 +190,7 @@ def format_table(ev: Evaluation) -> str:
              f"{'label':<16} {'frames':>7} {'pos':>6} {'AUC':>6} {'AP':>6}  {'at':<10} {'thresh':>7} "
              f"{'prec':>6} {'recall':>6} {'F1':>6}  {'hit':>5} {'missed':>6} {'false/h':>8}"]
     for r in ev.labels:
-        rows = [("configured", r.at_configured, r.events_configured)]
+        rows: list[tuple[str, FrameCounts, EventCounts | None]] = [("configured", r.at_configured, r.events_configured)]
         if r.suggestion is not None and r.at_suggested is not None:
             rows.append(("suggested", r.at_suggested, r.events_suggested))
         for i, (name, fc, ec) in enumerate(rows):
