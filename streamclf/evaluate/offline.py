@@ -115,8 +115,7 @@ class OfflineScorer:
         statuses: list[CameraStatus] = []
         prepare = None if cam_cfg.zones else self.classifier.prepare_image
         cam = make_camera(camera, cam_cfg, batcher, statuses.append, None, prepare)
-        progress = Progress(_short(path), int(duration_s * cam_cfg.fps) + 1,
-                            interval_s=0.2 if self.show_progress else 1e9)
+        progress = Progress(_short(path), int(duration_s * cam_cfg.fps) + 1) if self.show_progress else None
         recorder, batches = self._batch_classifier(cfg, batcher, progress)
         started = time.monotonic()
         cam.start()
@@ -132,7 +131,7 @@ class OfflineScorer:
         finally:
             cam.stop()
             cam.join(2.0)
-            if self.show_progress:
+            if progress is not None:
                 progress.close()
         errors = [s.last_error for s in statuses if s.last_error]
         if errors or cam.state is not CameraState.ENDED:
@@ -144,23 +143,24 @@ class OfflineScorer:
         image's position in ``images``."""
         cfg = self.video_config(camera, images[0].path if images else "")
         batcher = Batcher(cfg.model.batch_size, cfg.model.max_batch_wait_ms / 1000.0)
-        progress = Progress("images", len(images), interval_s=0.2 if self.show_progress else 1e9)
+        progress = Progress("images", len(images)) if self.show_progress else None
         recorder, batches = self._batch_classifier(cfg, batcher, progress)
         size = cfg.model.batch_size
         for first in range(0, len(images), size):
             frames = [_still(camera, i, img.path) for i, img in enumerate(images[first:first + size], first)]
             batches.classify(frames)
-        if self.show_progress:
+        if progress is not None:
             progress.close()
         return recorder.records
 
     def _batch_classifier(self, cfg: Config, batcher: Batcher,
-                          progress: Progress) -> tuple[ScoreRecorder, BatchClassifier]:
+                          progress: Progress | None) -> tuple[ScoreRecorder, BatchClassifier]:
         gate = ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
         state = PipelineState(BatchState(cfg, self.label_set, ZoneCropper(cfg.cameras)),
                               Decider(cfg, use_frame_time=True), None, gate)
         recorder = ScoreRecorder()
-        return recorder, BatchClassifier(self.classifier, state, batcher, gate, [recorder], progress)
+        observer = progress if progress is not None else PipelineObserver()
+        return recorder, BatchClassifier(self.classifier, state, batcher, gate, [recorder], observer)
 
 
 def _still(camera: str, index: int, path: str) -> Frame:
