@@ -113,7 +113,8 @@ def test_evaluate_finds_a_threshold_between_the_scenes_and_the_daemon_then_gives
 
     # The daemon with the suggested threshold, through the broker: one event, exactly the labelled one.
     daemon = start_daemon(_config(tmp_path, tiny_clip_dir, broker, prefix, video, _labels(label, suggested)))
-    assert daemon.wait(120) == 0, daemon.output  # seconds of work, but the model load alone can take 15 s on a busy machine
+    # Seconds of work, but on a busy machine loading the model alone has taken 15 s.
+    assert daemon.wait(120) == 0, daemon.output
     topic = f"{prefix}/driveway/event"
     collector.wait_for(lambda m: any(e["type"] == "end" for e in collector.json_messages(topic)), 10)
     events = [e for e in collector.json_messages(f"{prefix}/driveway/event") if e["type"] != "update"]
