@@ -1,7 +1,7 @@
-"""Command line: ``streamclf run``, ``streamclf check-config``, ``streamclf --version``.
+"""Command line: ``streamclf run``, ``streamclf check-config``, ``streamclf evaluate``, ``streamclf --version``.
 
 Exit codes: 0 normal end, 1 invalid config, 2 model could not be loaded, 3 a worker thread died
-(``Pipeline.run``).
+(``Pipeline.run``); ``evaluate`` adds its own (``streamclf/evaluate/command.py``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,17 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Zero-shot CLIP classification of camera streams to MQTT.")
     p.add_argument("--version", action="version", version=f"streamclf {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_text in (("run", "run the daemon"), ("check-config", "validate a config file and exit")):
+    for name, help_text in (("run", "run the daemon"), ("check-config", "validate a config file and exit"),
+                            ("evaluate", "score the config's labels on labelled footage and suggest thresholds")):
         s = sub.add_parser(name, help=help_text)
         s.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
-        s.add_argument("--log-level", default=os.environ.get("STREAMCLF_LOG_LEVEL", "INFO"))
+        s.add_argument("--log-level", default=os.environ.get("STREAMCLF_LOG_LEVEL",
+                                                             "WARNING" if name == "evaluate" else "INFO"))
         s.add_argument("--log-format", choices=("text", "json"), default="text")
+        if name == "evaluate":
+            from streamclf.evaluate.command import add_arguments
+
+            add_arguments(s)
     return p
 
 
@@ -132,11 +138,24 @@ def cmd_run(args: argparse.Namespace, make_classifier: ClassifierFactory = load_
     os._exit(rc)
 
 
+def cmd_evaluate(args: argparse.Namespace, make_classifier: ClassifierFactory = load_classifier) -> int:
+    from streamclf.evaluate.command import run_evaluate
+    from streamclf.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    cfg = _load(args.config)
+    if cfg is None:
+        return 1
+    return run_evaluate(args, cfg, make_classifier)
+
+
 def main(argv: list[str] | None = None, make_classifier: ClassifierFactory = load_classifier) -> int:
     """The ``streamclf`` command; ``make_classifier`` builds the model (tests pass a fake)."""
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return cmd_check_config(args)
+    if args.command == "evaluate":
+        return cmd_evaluate(args, make_classifier)
     return cmd_run(args, make_classifier)
 
 

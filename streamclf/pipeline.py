@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 EXIT_WORKER_FAILED = 3  # the process exit code when a worker thread died
 
 
+def label_set_for(classifier: ClipClassifier, cfg: Config, base_dir: str | None) -> LabelSet:
+    """The label embeddings every batch of ``cfg`` scores against: prompts, and example images under
+    ``base_dir`` (the config file's directory). ``streamclf evaluate`` uses it too, so the two never
+    drift apart. Raises ValueError naming an example image that cannot be read."""
+    return classifier.encode_labels(cfg.label_prompts(), cfg.label_examples(base_dir or "."))
+
+
 class Pipeline:
     """The running daemon. ``run()`` returns the process exit code."""
 
@@ -84,9 +91,7 @@ class Pipeline:
         self._inference = self.workers.thread(self._inference_loop, "inference")
 
     def _encode_labels(self, cfg: Config) -> LabelSet:
-        """The label set of ``cfg``: prompts, and example images under the config file's directory.
-        Raises ValueError naming an example image that cannot be read."""
-        return self.classifier.encode_labels(cfg.label_prompts(), cfg.label_examples(self._base_dir or "."))
+        return label_set_for(self.classifier, cfg, self._base_dir)
 
     def _snapshot_writer(self, cfg: Config) -> SnapshotWriter:
         # The qos is read when a snapshot is sent, so a reload that changes it applies.

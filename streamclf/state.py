@@ -54,7 +54,8 @@ class BatchState:
 class PipelineState:
     """The owner of ``BatchState``, the decider's rules and the change gate's memory (see the module docstring)."""
 
-    def __init__(self, initial: BatchState, decider: Decider, alerts: AlertPublisher, gate: ChangeGate | None):
+    def __init__(self, initial: BatchState, decider: Decider, alerts: AlertPublisher | None, gate: ChangeGate | None):
+        # ``alerts`` None: decisions of pauses and swaps go nowhere (an offline run that records scores).
         self._current = initial
         self._decider = decider
         self._alerts = alerts
@@ -87,7 +88,7 @@ class PipelineState:
             current = self._current
             now_paused = current.paused | {camera} if paused else current.paused - {camera}
             self._current = replace(current, paused=frozenset(now_paused))
-            self._alerts.publish(self._decider.set_camera_enabled(camera, not paused))
+            self._publish(self._decider.set_camera_enabled(camera, not paused))
 
     def end_silent(self, camera: str, silent_for_s: float, reason: str) -> None:
         """End ``camera``'s open events whose ``off_delay_s`` has passed in ``silent_for_s`` seconds without frames.
@@ -95,9 +96,7 @@ class PipelineState:
         Under the decision lock, as a pause is: a batch deciding now publishes before or after, never between.
         """
         with self._decision_lock:
-            decisions = self._decider.end_silent_camera(camera, silent_for_s, reason)
-            if decisions:
-                self._alerts.publish(decisions)
+            self._publish(self._decider.end_silent_camera(camera, silent_for_s, reason))
 
     def threshold(self, camera: str, label: str) -> float:
         """The threshold (0..1) in force for ``label`` on ``camera``."""
@@ -130,13 +129,19 @@ class PipelineState:
                     self._gate.forget()  # remembered scores are over the old labels
                 replaced = self._swap_alert_settings(cfg, snapshots)
                 for decisions in self._decisions_for(old.cfg, cfg):
-                    self._alerts.publish(decisions)
+                    self._publish(decisions)
                 return replaced
         finally:
             self._batch_lock.release()
 
+    def _publish(self, decisions: Decisions) -> None:
+        if self._alerts is not None:
+            self._alerts.publish(decisions)
+
     def _swap_alert_settings(self, cfg: Config, snapshots: SnapshotWriter | None) -> SnapshotWriter | None:
         replaced = None
+        if self._alerts is None:
+            return snapshots  # nothing to swap it into: the caller stops it
         if snapshots is not None:
             snapshots.start()
             replaced, self._alerts.snapshots = self._alerts.snapshots, snapshots
