@@ -78,7 +78,8 @@ class Browser:
     def _note(self, msg: dict) -> None:
         method, params = msg.get("method"), msg.get("params", {})
         if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            self.errors.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+            args = (str(a.get("value", a.get("description"))) for a in params["args"])
+            self.errors.append("console: " + " ".join(args))
         elif method == "Runtime.exceptionThrown":
             details = params["exceptionDetails"]
             self.errors.append("exception: " + details.get("exception", {}).get("description", details.get("text", "")))

@@ -232,8 +232,10 @@ def test_api_endpoints_viewer_bound_offline_camera_and_a_label_set_replaced_at_r
     cfg = base_config(tiny_clip_dir, broker, prefix, cameras, labels=LABELS,
                       metrics={"port": port, "max_streams": 2})
     daemon = start_daemon(cfg)
-    status = wait_until(lambda: _status_when(port, lambda s: s["cameras"][0]["frames_classified"] > 0
-                                              and s["cameras"][1]["state"] == "offline"), 90, "frames and an offline camera")
+    def ready(s: dict) -> bool:
+        return s["cameras"][0]["frames_classified"] > 0 and s["cameras"][1]["state"] == "offline"
+
+    status = wait_until(lambda: _status_when(port, ready), 90, "frames and an offline camera")
     assert [c["name"] for c in status["cameras"]] == ["c", "gone"]
     assert {"healthy", "model", "device", "precision", "mqtt_connected", "frames_per_s"} <= set(status["header"])
     c, gone = status["cameras"]

@@ -111,7 +111,8 @@ class HttpServer:
         server_class = type("_Server", (base,), {"limits": limits})
         handler_class = type("_Handler", (_QuietHandler,), {"timeout": limits.idle_timeout_s})
         self.host = host
-        self._server: _BoundedWSGIServer = make_server(host, port, _guarded(app), server_class=server_class, handler_class=handler_class)
+        self._server: _BoundedWSGIServer = make_server(host, port, _guarded(app), server_class=server_class,
+                                                       handler_class=handler_class)
         self.port: int = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
 

@@ -136,7 +136,8 @@ function updateCard(cam) {
   const state = entry.el.querySelector(".state");
   state.textContent = cam.state;
   state.className = "state " + cam.state;
-  const why = [cam.reason, cam.last_error].filter(Boolean).join(": ");
+  // The last error explains a camera that is not online; once frames flow again it is history.
+  const why = [cam.reason, cam.state === "online" ? "" : cam.last_error].filter(Boolean).join(": ");
   entry.el.querySelector(".why").textContent = why + (cam.reconnects ? ` (${cam.reconnects} reconnects)` : "");
   const drops = Object.values(cam.drops).reduce((a, b) => a + b, 0);
   const figs = entry.el.querySelector(".figs");
