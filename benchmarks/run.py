@@ -41,7 +41,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -109,16 +111,62 @@ class DaemonRun:
         return self.log_path.read_text(errors="replace")
 
 
-def daemon_end_to_end(model_dir: Path, videos: list[Path], frames_per_file: int, args, broker, workdir: Path) -> dict:
-    """(b) Non-realtime files through the daemon; classified frames/s from the detection messages."""
-    from tests.servers import MqttCollector
+class PageViewer:
+    """What one open live page asks of the daemon: its live stream (/api/stream), read as it
+    comes, and each camera's latest picture twice a second, until ``stop()``."""
+
+    def __init__(self, port: int, cameras: list[str]):
+        self._base = f"http://127.0.0.1:{port}"
+        self._cameras = cameras
+        self._stop = threading.Event()
+        self.stream_bytes = self.pictures = 0
+        self._threads = [threading.Thread(target=self._stream, daemon=True),
+                         threading.Thread(target=self._pictures, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _stream(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self._base + "/api/stream", timeout=5) as r:
+                    while not self._stop.is_set() and (chunk := r.readline()):
+                        self.stream_bytes += len(chunk)
+            except OSError:
+                self._stop.wait(0.1)  # the daemon is not listening yet, or has ended
+
+    def _pictures(self) -> None:
+        while not self._stop.wait(0.5):
+            for camera in self._cameras:
+                try:
+                    with urllib.request.urlopen(f"{self._base}/api/cameras/{camera}/latest.jpg", timeout=5) as r:
+                        r.read()
+                        self.pictures += 1
+                except OSError:
+                    pass
+
+    def stop(self) -> dict:
+        self._stop.set()
+        for t in self._threads:
+            t.join(6)
+        return {"stream_bytes": self.stream_bytes, "pictures": self.pictures}
+
+
+def daemon_end_to_end(model_dir: Path, videos: list[Path], frames_per_file: int, args, broker, workdir: Path,
+                      page_open: bool = False) -> dict:
+    """(b) Non-realtime files through the daemon; classified frames/s from the detection messages.
+    ``page_open``: with one live page open on the daemon's HTTP server all along (``PageViewer``)."""
+    from tests.servers import MqttCollector, free_port
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     cameras = {f"cam{k}": {"source": str(v), "fps": 10, "realtime": False} for k, v in enumerate(videos)}
+    port = free_port()
+    cfg = {**_config(model_dir, broker, prefix, args, cameras), "metrics": {"port": port, "page": True}}
     with MqttCollector(broker.host, broker.port, f"{prefix}/+/detection") as collector:
         collector.wait_subscribed()
-        daemon = DaemonRun(_config(model_dir, broker, prefix, args, cameras), workdir, "daemon_files")
+        daemon = DaemonRun(cfg, workdir, "daemon_files_page" if page_open else "daemon_files")
+        viewer = PageViewer(port, list(cameras)) if page_open else None
         rc = daemon.proc.wait(timeout=args.daemon_timeout_s)
+        viewed = viewer.stop() if viewer else None
         expected = len(videos) * frames_per_file
         try:
             collector.wait_for(lambda m: len(m) >= expected, timeout=10)
@@ -136,9 +184,14 @@ def daemon_end_to_end(model_dir: Path, videos: list[Path], frames_per_file: int,
     # earn: +1.2% for 600 frames in batches of 8.)
     first = min(args.batch_size, len(stamps) - 1)
     span = stamps[-1] - stamps[first - 1]
-    return {"cameras": len(videos), "frames": frames, "expected_frames": expected,
-            "frames_per_s": (len(stamps) - first) / span, "seconds": span,
-            "sizes": sorted({v.stem.split("_")[1] for v in videos})}
+    result = {"cameras": len(videos), "frames": frames, "expected_frames": expected,
+              "frames_per_s": (len(stamps) - first) / span, "seconds": span,
+              "sizes": sorted({v.stem.split("_")[1] for v in videos})}
+    if viewed is not None:
+        if not viewed["stream_bytes"] or not viewed["pictures"]:
+            raise RuntimeError(f"the page viewer got nothing from the daemon: {viewed}")
+        result["page_viewer"] = viewed
+    return result
 
 
 class NaiveLoop:
@@ -278,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parts", default="abcd", help="which of (a)-(d) to run (ratios need a, b and c)")
     p.add_argument("--models", default="clip,siglip",
                    help="models for (a) and (b): clip (ViT-B/32) and/or siglip (SigLIP base, patch 16)")
+    p.add_argument("--page-open", action="store_true",
+                   help="each round runs (b) twice: as usual, and with one live page open (b_page)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cameras", type=int, default=4, help="synthetic files for (b)")
     p.add_argument("--frames", type=int, default=150, help="frames per file for (b) (10 fps files, all sampled)")
@@ -344,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
                 row[key]["load_average_1m"] = round(os.getloadavg()[0], 2)
                 print(f"  round {r + 1} ({key}) daemon: {row[key]['frames_per_s']:.1f} frames/s "
                       f"({row[key]['frames']}/{row[key]['expected_frames']} frames)", flush=True)
+            if "b" in args.parts and args.page_open:
+                row["b_page"] = daemon_end_to_end(model_dir, videos, args.frames, args, broker, run_dir, page_open=True)
+                row["b_page"]["load_average_1m"] = round(os.getloadavg()[0], 2)
+                print(f"  round {r + 1} (b) daemon, one live page open: {row['b_page']['frames_per_s']:.1f} frames/s "
+                      f"({row['b_page']['frames']}/{row['b_page']['expected_frames']} frames, "
+                      f"{row['b_page']['page_viewer']})", flush=True)
             if naive:
                 row["c"] = naive.measure(args.naive_seconds)
                 row["c"]["load_average_1m"] = round(os.getloadavg()[0], 2)
@@ -379,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         ratios["b_over_c_by_round"] = per_round
         ratios["b_over_c_median_round"] = statistics.median(per_round)
     result = {"machine": info, "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "a_model_only": a, "b_daemon_end_to_end": b, "c_naive_pipeline": c, "d_realtime_capacity": d,
+              "a_model_only": a, "b_daemon_end_to_end": b, "b_with_a_page_open": best("b_page", "frames_per_s"),
+              "c_naive_pipeline": c, "d_realtime_capacity": d,
               "a_model_only_siglip": a_siglip, "b_daemon_end_to_end_siglip": b_siglip,
               "ratios": ratios, "rounds": rounds}
     args.out.parent.mkdir(parents=True, exist_ok=True)

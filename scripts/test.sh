@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh machine, then run them.
 # System packages: mosquitto (the tests start their own broker on a free port) and
-# GStreamer's RTSP server with python3-gi (the tests serve real RTSP). Then .venv via
+# GStreamer's RTSP server with python3-gi (the tests serve real RTSP), chromium (the live page's
+# browser test drives it headless over its DevTools protocol). Then .venv via
 # scripts/setup.sh --test. Then ruff and mypy (config in pyproject.toml), the function-length
 # check (scripts/function_lengths.py), then pytest;
 # any of them failing fails the run. Extra arguments go to pytest.
@@ -11,6 +12,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto mosquitto-clients)
 /usr/bin/python3 -c "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" 2>/dev/null \
   || need+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from typing import Callable
 
 from streamclf.config import Config
 from streamclf.decisions import Decisions, Event, EventType, StateChange
@@ -45,8 +46,10 @@ def state_topic_levels(camera: str, zone: str | None, label: str) -> tuple[str, 
 class AlertPublisher:
     """Publishes Decisions; counts what it sent. Called from the inference thread (and at shutdown)."""
 
-    def __init__(self, publisher: MqttClient, cfg: Config, snapshots: SnapshotWriter | None = None):
+    def __init__(self, publisher: MqttClient, cfg: Config, snapshots: SnapshotWriter | None = None,
+                 on_publish: Callable[[Decisions], None] | None = None):
         self.publisher = publisher
+        self._on_publish = on_publish  # told of every Decisions published (the pipeline's observers)
         self.cfg = cfg
         self.snapshots = snapshots
         self.detections_published = 0
@@ -66,6 +69,8 @@ class AlertPublisher:
             return dict(self.published_by)
 
     def publish(self, decisions: Decisions) -> None:
+        if self._on_publish is not None and decisions:
+            self._on_publish(decisions)
         p, qos = self.publisher, self.cfg.mqtt.qos
         if self.cfg.events.detections and decisions.detections:
             now = time.time()

@@ -136,6 +136,7 @@ class BatchClassifier:
         return results  # type: ignore[return-value]  # every entry was scored
 
     def _dispatch(self, items: list[ZonedImage], results: list[Scores], paused: frozenset[str]) -> None:
+        by_frame: dict[int, tuple[Frame, list[Classification]]] = {}  # a frame's zones, in order, for observers
         for item, scores in zip(items, results, strict=True):
             frame = item.frame
             if frame.camera in paused:
@@ -147,6 +148,9 @@ class BatchClassifier:
                     sink(c)
                 except Exception:  # a failing sink is logged; the pipeline goes on
                     log.exception("camera %s: handling a classification failed", c.camera)
+            by_frame.setdefault(id(frame), (frame, []))[1].append(c)
+        for frame, classifications in by_frame.values():
+            self._observer.on_classified(frame, classifications)
 
 
 def _gate_frame(item: ZonedImage) -> Frame:

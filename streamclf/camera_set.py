@@ -36,8 +36,10 @@ class CameraSet:
     """The registry of running cameras; add/remove are called from the main thread only."""
 
     def __init__(self, publisher: MqttClient, batcher: Batcher, prepare_image: Callable | None,
-                 base_dir: str | None, stopping: threading.Event):
+                 base_dir: str | None, stopping: threading.Event,
+                 on_status: Callable[[CameraStatus], None] | None = None):
         self._publisher = publisher
+        self._on_status = on_status  # told of every status published (the pipeline's observers)
         self._batcher = batcher
         self._prepare_image = prepare_image
         self._base_dir = base_dir
@@ -176,6 +178,8 @@ class CameraSet:
         if status.state is CameraState.OFFLINE:
             with self._reconnects_lock:
                 self._reconnects[status.camera] += 1  # every OFFLINE report precedes a reconnect attempt
+        if self._on_status is not None:
+            self._on_status(status)
         online = status.state is CameraState.ONLINE
         self._publisher.set_retained(self._publisher.topic(status.camera, "status"), "online" if online else "offline")
         self._publisher.set_retained(self._publisher.topic(status.camera, "status", "detail"), status.detail())

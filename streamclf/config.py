@@ -861,12 +861,26 @@ class HomeAssistantConfig(_Model):
 
 
 class MetricsConfig(_Model):
+    """streamclf's HTTP server: Prometheus metrics and /healthz, and the live page."""
+
     enabled: bool = Field(False, description="Serve Prometheus metrics and /healthz over HTTP.")
+    page: bool = Field(True, description="Serve the live page at / and its JSON, images and live updates under /api.")
     host: str = Field(
         "127.0.0.1",
-        description="Address (or host name) the metrics server listens on; 0.0.0.0 or :: for every interface.",
+        description="Address (or host name) the HTTP server listens on; 0.0.0.0 or :: for every interface "
+        "(put the page behind a reverse proxy with authentication then, see docs/live-page.md).",
     )
-    port: int = Field(9108, ge=1, le=65535, description="TCP port of the metrics server.")
+    port: int = Field(9108, ge=1, le=65535, description="TCP port of the HTTP server.")
+    max_connections: int = Field(
+        32, ge=1, le=1024, description="Connections served at once (1..1024); more are answered 503 and closed."
+    )
+    max_streams: int = Field(
+        4, ge=1, le=64, description="Live-update streams (open pages) at once (1..64); more are answered 503."
+    )
+    idle_timeout_s: float = Field(
+        10, ge=0.5, le=300,
+        description="Seconds (0.5..300) a connection may send or accept nothing before it is closed.",
+    )
 
     @field_validator("host")
     @classmethod

@@ -3,15 +3,21 @@
 ``PipelineObserver`` is one small interface whose methods all do nothing by default, so an
 observer overrides only the events it needs. Events arrive on the thread that causes them:
 ``on_started``, ``on_tick`` and ``on_stopping`` on the supervising (main) thread, ``on_batch``
-on the inference thread, where a slow observer slows classification. An observer that raises
-is logged and the pipeline goes on: watching must never take the daemon down.
+and ``on_classified`` on the inference thread, where a slow observer slows classification (keep
+references there; copy, encode and format only when someone asks), ``on_decisions`` on the
+thread that decided (the inference thread, or the one that changed the config or paused a
+camera), ``on_camera_status`` on the camera's capture thread or the main thread. An observer
+that raises is logged and the pipeline goes on: watching must never take the daemon down.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
-from streamclf.entities import BatchReport
+from streamclf.capture import CameraStatus
+from streamclf.decisions import Decisions
+from streamclf.entities import BatchReport, Classification, Frame
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +33,16 @@ class PipelineObserver:
 
     def on_batch(self, report: BatchReport) -> None:
         """A model call finished (inference thread)."""
+
+    def on_classified(self, frame: Frame, classifications: Sequence[Classification]) -> None:
+        """``frame`` was classified: one classification for the whole frame, or one per zone
+        (inference thread; the frame and its image are shared, never to be changed)."""
+
+    def on_decisions(self, decisions: Decisions) -> None:
+        """States, events and detections that are being published (the thread that decided)."""
+
+    def on_camera_status(self, status: CameraStatus) -> None:
+        """A camera changed state (its capture thread, or the main thread)."""
 
     def on_stopping(self) -> None:
         """Shutdown begins (main thread)."""
@@ -53,6 +69,18 @@ class ObserverGroup(PipelineObserver):
     def on_batch(self, report: BatchReport) -> None:
         for o in self._observers:
             _safely(o.on_batch, report)
+
+    def on_classified(self, frame: Frame, classifications: Sequence[Classification]) -> None:
+        for o in self._observers:
+            _safely(o.on_classified, frame, classifications)
+
+    def on_decisions(self, decisions: Decisions) -> None:
+        for o in self._observers:
+            _safely(o.on_decisions, decisions)
+
+    def on_camera_status(self, status: CameraStatus) -> None:
+        for o in self._observers:
+            _safely(o.on_camera_status, status)
 
     def on_stopping(self) -> None:
         for o in self._observers:

@@ -71,18 +71,19 @@ class Pipeline:
         self.publisher = MqttClient(cfg.mqtt, self.workers)
         self._base_dir = base_dir
         self._decider = Decider(cfg, use_frame_time=True)  # deterministic for files; capture time for live
-        self._alerts = AlertPublisher(self.publisher, cfg, self._snapshot_writer(cfg))
+        self._observers = ObserverGroup()
+        self._alerts = AlertPublisher(self.publisher, cfg, self._snapshot_writer(cfg), self._observers.on_decisions)
         # The inference thread alone runs torch with every core; the rest use one (streamclf/model/torch_threads.py).
         classifier.reserve_model_thread()
         # Change gating (off by default): unchanged frames (or zones) reuse their last scores.
         gate = ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
         initial = BatchState(cfg, self._encode_labels(cfg), ZoneCropper(cfg.cameras))
         self._state = PipelineState(initial, self._decider, self._alerts, gate)
-        self._observers = ObserverGroup()
         self._batches = BatchClassifier(classifier, self._state, self.batcher, gate,
                                         [DecisionSink(self._decider, self._alerts), TopLabelSink(self.publisher)],
                                         self._observers)
-        self._cameras = CameraSet(self.publisher, self.batcher, classifier.prepare_image, base_dir, self.stop_event)
+        self._cameras = CameraSet(self.publisher, self.batcher, classifier.prepare_image, base_dir, self.stop_event,
+                                  self._observers.on_camera_status)
         self._drop_log = DropLog(self.batcher, self.publisher, lambda: self.cfg.mqtt.max_queued_messages)
         hardware = f"{classifier.device}, {classifier.precision}"
         self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=hardware)
@@ -105,7 +106,8 @@ class Pipeline:
     # -- the outside: observers, status, config ------------------------------------------
 
     def attach(self, observer: PipelineObserver) -> None:
-        """Tell ``observer`` about starts, ticks, batches and the stop (see ``streamclf/observer.py``)."""
+        """Tell ``observer`` about starts, ticks, batches, classifications, decisions, camera states and
+        the stop (see ``streamclf/observer.py``); may be called while running."""
         self._observers.attach(observer)
 
     @property

@@ -1,4 +1,4 @@
-"""Prometheus metrics and ``/healthz`` on one small HTTP server (off by default).
+"""Prometheus metrics and ``/healthz`` (off by default), served by ``service/http.py``.
 
 Counters the stages already keep are not counted twice: a custom collector reads the same
 ``pipeline_figures`` snapshot that ``<prefix>/stats`` publishes, at scrape time. Only what
@@ -12,11 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
-from socketserver import ThreadingMixIn
 from typing import Callable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
@@ -140,59 +136,21 @@ class PipelineMetrics:
             self.frame_age_seconds.observe(age)
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # a slow scraper must never hold up shutdown
+class MetricsApp:
+    """The WSGI app behind ``/metrics`` (Prometheus text format) and ``/healthz`` (JSON)."""
 
+    paths = ("/metrics", "/healthz")
 
-class _ThreadingWSGIServer6(_ThreadingWSGIServer):
-    address_family = socket.AF_INET6  # metrics.host "::" or another IPv6 address
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # one access-log line per scrape would drown the events that matter
-        pass
-
-
-class MetricsServer:
-    """``/metrics`` (Prometheus text format) and ``/healthz`` (JSON) on ``host:port``, in a daemon thread."""
-
-    def __init__(self, metrics: PipelineMetrics, health: HealthFn, host: str, port: int):
+    def __init__(self, metrics: PipelineMetrics, health: HealthFn):
         self._metrics_app = make_wsgi_app(metrics.registry)
         self._health = health
-        self.host, self.port = host, port
-        server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
-        self._server = make_server(host, port, self._app, server_class=server_class, handler_class=_QuietHandler)
-        self.port = self._server.server_port  # port 0 picks a free one
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
 
-    def _app(self, environ, start_response):
-        try:
-            return self._route(environ, start_response)
-        except Exception:  # through our logging (redacted, JSON when asked), not wsgiref's raw traceback
-            log.exception("metrics server: %s failed", environ.get("PATH_INFO"))
-            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
-            return [b"internal error; see the streamclf log\n"]
-
-    def _route(self, environ, start_response):
-        path = environ.get("PATH_INFO", "/")
-        if path == "/healthz":
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/healthz":
             ok, body = self._health()
             data = json.dumps(body).encode()
             start_response("200 OK" if ok else "503 Service Unavailable",
                            [("Content-Type", "application/json"), ("Content-Length", str(len(data))),
                             ("Cache-Control", "no-store")])
             return [data]
-        if path in ("/metrics", "/"):
-            return self._metrics_app(environ, start_response)
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not found: try /metrics or /healthz\n"]
-
-    def start(self) -> "MetricsServer":
-        self._thread.start()
-        log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(1.0)
+        return self._metrics_app(environ, start_response)

@@ -1,5 +1,6 @@
-"""``Service``: attaches systemd notify, the watchdog, metrics, ``/healthz``, ``<prefix>/stats`` and
-SIGHUP reload to a ``Pipeline``, as its observer; it reads the pipeline's frozen ``status()``.
+"""``Service``: attaches systemd notify, the watchdog, metrics, ``/healthz``, the live page,
+``<prefix>/stats`` and SIGHUP reload to a ``Pipeline``, as its observer; it reads the pipeline's
+frozen ``status()``.
 
 Everything periodic runs in the pipeline's supervising (main) thread, on its 0.2 s tick:
 if that thread ever hangs, the watchdog pings stop too, which is what we want. The
@@ -19,11 +20,14 @@ from streamclf.entities import BatchReport
 from streamclf.observer import PipelineObserver
 from streamclf.pipeline import Pipeline
 from streamclf.service.health import Progress, ProgressMonitor, RateMeter
-from streamclf.service.metrics import MetricsServer, PipelineMetrics
+from streamclf.service.http import HttpLimits, HttpServer, not_found
+from streamclf.service.metrics import MetricsApp, PipelineMetrics
 from streamclf.service.notify import SystemdNotifier
 from streamclf.service.reload import ReloadError, apply_reload, plan_reload
 from streamclf.service.stats import pipeline_figures, status_line
 from streamclf.status import PipelineStatus
+from streamclf.web.app import WebApp
+from streamclf.web.live import LiveView
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +46,15 @@ class Service(PipelineObserver):
         self.fps = RateMeter(window_s=10.0)
         self.monitor = ProgressMonitor()
         classifier = pipeline.classifier
-        self.metrics = PipelineMetrics(self.figures, {
+        self._model_info = {
             "model": pipeline.cfg.model.name,
             "device": str(getattr(classifier, "device", "")),
             "precision": str(getattr(classifier, "precision", "")),
-        })
-        self.server: MetricsServer | None = None
+        }
+        self.metrics = PipelineMetrics(self.figures, self._model_info)
+        self.server: HttpServer | None = None
+        self.live: LiveView | None = None  # made, and attached, when the page is first served
+        self._web: WebApp | None = None
         self._progress = Progress(True, "starting")
         self._last_ping = self._last_status = 0.0
         self._last_stats = time.monotonic()
@@ -118,15 +125,41 @@ class Service(PipelineObserver):
 
     def _start_server(self) -> None:
         m = self.pipeline.cfg.metrics
-        if not m.enabled:
+        if not (m.enabled or m.page):
             return
+        metrics_app = MetricsApp(self.metrics, self.health) if m.enabled else None
+        if m.page and self.live is None:
+            self.live = LiveView(self.pipeline, self.health, self._model_info, lambda: self.fps.rate)
+            self.pipeline.attach(self.live)
+        self._web = WebApp(self.live, m.max_streams) if m.page and self.live is not None else None
+        web = self._web
+
+        def route(environ, start_response):
+            path = environ.get("PATH_INFO", "/")
+            if metrics_app is not None and (path in MetricsApp.paths or (path == "/" and web is None)):
+                return metrics_app(environ, start_response)
+            if web is not None and web.handles(path):
+                return web(environ, start_response)
+            return not_found(start_response, "try " + " or ".join(
+                (["/", "/api/status"] if web else []) + (list(MetricsApp.paths) if metrics_app else [])))
+
         try:
-            self.server = MetricsServer(self.metrics, self.health, m.host, m.port).start()
+            self.server = HttpServer(route, m.host, m.port, HttpLimits(m.max_connections, m.idle_timeout_s)).start()
         except OSError as exc:
-            # Classification matters more than its metrics: run on, but say so where operators look.
-            log.error("metrics server cannot listen on %s:%d: %s; running without metrics", m.host, m.port, exc)
+            # Classification matters more than its metrics or page: run on, but say so where operators look.
+            log.error("HTTP server cannot listen on %s:%d: %s; running without metrics and the live page",
+                      m.host, m.port, exc)
+            return
+        url = f"http://{'[' + m.host + ']' if ':' in m.host else m.host}:{self.server.port}"
+        if web is not None:
+            log.info("live page on %s/", url)
+        if metrics_app is not None:
+            log.info("metrics on %s/metrics, health on /healthz", url)
 
     def _stop_server(self) -> None:
+        if self._web is not None:
+            self._web.close()
+            self._web = None
         if self.server is not None:
             self.server.stop()
             self.server = None
