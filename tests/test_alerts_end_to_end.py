@@ -13,7 +13,7 @@ import pytest
 from streamclf.config import ModelConfig
 from streamclf.model import ClipClassifier
 from tests.conftest import base_config
-from tests.servers import make_video, read_retained
+from tests.servers import make_video, read_frames, read_retained
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +32,7 @@ def _decoded_scores(video, model_dir, labels=LABELS) -> list[dict[str, float]]:
     """The tiny model's scores for every frame of ``video`` as the daemon will decode it."""
     classifier = ClipClassifier(ModelConfig(name=str(model_dir), device="cpu", precision="fp32"))
     label_set = classifier.encode_labels(labels)
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(bgr)
-    cap.release()
+    frames = read_frames(video)
     return classifier.score(classifier.embed_images(frames, bgr=True), label_set, [list(labels)] * len(frames))
 
 

@@ -19,7 +19,7 @@ from streamclf.cli import main
 from streamclf.config import ModelConfig
 from streamclf.model import ClipClassifier
 from tests.conftest import base_config, write_config
-from tests.servers import make_video
+from tests.servers import make_video, read_frames
 
 LABELS = {"red_thing": ["a red object"], "blue_thing": ["a blue object"], "nothing": ["an empty scene"]}
 DARK_BGR, RED_BGR = (20, 20, 20), (40, 40, 230)
@@ -42,13 +42,7 @@ def footage(tmp_path_factory, tiny_clip_dir):
     video = make_video(d / "driveway.mp4", 120, fps=SOURCE_FPS, color_fn=_scene)
     classifier = ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32"))
     label_set = classifier.encode_labels(LABELS)
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, bgr = cap.read()
-        if not ok:
-            break
-        frames.append(bgr)
+    frames = read_frames(video)
     sampled = frames[:: SOURCE_FPS // CAMERA_FPS]
     scores = classifier.score(classifier.embed_images(sampled, bgr=True), label_set, [list(LABELS)] * len(sampled))
     red = [RED_FROM <= i * (SOURCE_FPS // CAMERA_FPS) < RED_TO for i in range(len(sampled))]

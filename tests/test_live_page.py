@@ -233,7 +233,9 @@ def test_api_endpoints_viewer_bound_offline_camera_and_a_label_set_replaced_at_r
                       metrics={"port": port, "max_streams": 2})
     daemon = start_daemon(cfg)
     def ready(s: dict) -> bool:
-        return s["cameras"][0]["frames_classified"] > 0 and s["cameras"][1]["state"] == "offline"
+        # The state comes from the camera, its reason from the status report it sends right after: wait for both.
+        return (s["cameras"][0]["frames_classified"] > 0 and s["cameras"][1]["state"] == "offline"
+                and bool(s["cameras"][1]["reason"]))
 
     status = wait_until(lambda: _status_when(port, ready), 90, "frames and an offline camera")
     assert [c["name"] for c in status["cameras"]] == ["c", "gone"]

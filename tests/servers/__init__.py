@@ -485,6 +485,22 @@ def gradient_frame(i: int, w: int, h: int) -> np.ndarray:
     return f
 
 
+def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
+    """Every frame of the video at ``path``, BGR, as the daemon's OpenCV decodes it."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, bgr = cap.read()
+            if not ok:
+                return frames
+            frames.append(bgr)
+    finally:
+        cap.release()
+
+
 def make_video(path: str | os.PathLike, frames: int, fps: int = 10, size: tuple[int, int] = (320, 240),
                color_fn: Optional[Callable[[int], np.ndarray]] = None) -> Path:
     """Write ``frames`` frames to ``path`` (.mp4 -> mp4v, .avi -> MJPG); returns the Path.
