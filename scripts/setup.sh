@@ -13,7 +13,7 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${PIP[@]}" install "torch==2.13.0"
 fi
-extra=""
+extra="[local]"  # the model in this process (README: which extra gives which)
 [ "${1:-}" = "--test" ] && extra="[test]"
 "${PIP[@]}" install -e ".${extra}"
 [ -f samples/driveway.mp4 ] || .venv/bin/python scripts/make_sample_video.py

@@ -358,11 +358,50 @@ def _tls_context_problems(ca: str | None, cert: str | None, key: str | None) -> 
     return []
 
 
+_TRITON_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class TritonClientConfig(_Model):
+    """Where a node's model runs when ``model.backend`` is ``triton`` (``streamclf.remote.client``)."""
+
+    url: str = Field("localhost:8001", description="The Triton server's gRPC address, host:port.")
+    model_prefix: str = Field(
+        "streamclf", description="The server's models are <prefix>_image, <prefix>_text and <prefix>_info."
+    )
+    timeout_s: float = Field(10, gt=0, le=600, description="Longest one request may take, seconds (0..600).")
+    retry_max_s: float = Field(
+        30, ge=1, le=3600, description="Longest wait between reconnect attempts, seconds (1..3600); the wait "
+        "doubles from 1 s up to this."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError("must be host:port (the server's gRPC port), without a scheme")
+        _check_host(host)
+        return v
+
+    @field_validator("model_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not _TRITON_PREFIX.fullmatch(v):
+            raise ValueError("must be 1 to 64 of A-Z a-z 0-9 _ -")
+        return v
+
+
 class ModelConfig(_Model):
     name: str = Field(
         "openai/clip-vit-base-patch32",
         description="Hugging Face hub id, or a local directory saved with save_pretrained.",
     )
+    backend: Literal["local", "triton"] = Field(
+        "local", description="Where the model runs: local (torch in this process) or triton (a Triton server; "
+        "this process then needs neither torch nor transformers)."
+    )
+    triton: TritonClientConfig = Field(default_factory=TritonClientConfig)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
         "auto", description="Inference precision; auto picks the fastest that keeps embeddings within 0.999 cosine."
@@ -421,9 +460,10 @@ class ModelConfig(_Model):
 
     @property
     def effective_score(self) -> str:
-        """softmax or sigmoid: ``score``, or for auto the checkpoint's own when its config.json is here."""
-        if self.score != "auto":
-            return self.score
+        """softmax or sigmoid: ``score``, or for auto the checkpoint's own when its config.json is here
+        (with a Triton backend the server's model is checked when the node connects)."""
+        if self.score != "auto" or self.backend == "triton":
+            return "softmax" if self.score == "auto" else self.score
         return SCORE_OF_MODEL_TYPE.get(checkpoint_model_type(self.name) or "", "softmax")
 
 
@@ -1032,6 +1072,50 @@ def _raw_cross_section_problems(data: Any) -> list[tuple[tuple, str]]:
     return _cross_section_problems([str(k) for k in data["labels"]], cameras, score)
 
 
+class ServeSettings(_Model):
+    """The Triton server of ``streamclf serve`` (``streamclf.remote.server``)."""
+
+    address: str = Field("0.0.0.0", description="The address Triton's gRPC, HTTP and metrics endpoints listen on.")
+    grpc_port: int = Field(8001, ge=1, le=65535, description="gRPC port: the one nodes use (model.triton.url).")
+    http_port: int = Field(8000, ge=1, le=65535, description="HTTP port (KServe v2 REST, /v2/health/ready).")
+    metrics_port: int = Field(8002, ge=1, le=65535, description="Triton's Prometheus metrics port.")
+    max_batch_size: int = Field(64, ge=1, le=1024, description="Frames per model call at most, across every node.")
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="Batch sizes the dynamic batcher tries to form (each 1..max_batch_size)."
+    )
+    max_queue_delay_us: int = Field(
+        2000, ge=0, le=1_000_000, description="Longest a request waits for others to join its batch, microseconds."
+    )
+    instances: int = Field(
+        1, ge=1, le=16, description="Model instances Triton runs at once (each its own copy of the image model)."
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        _check_host(v)
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "ServeSettings":
+        bad = [n for n in self.preferred_batch_sizes if not 1 <= n <= self.max_batch_size]
+        if bad:
+            raise ValueError(f"serve.preferred_batch_sizes {bad}: each must be 1..max_batch_size "
+                             f"({self.max_batch_size})")
+        if len({self.grpc_port, self.http_port, self.metrics_port}) < 3:
+            raise ValueError("serve.grpc_port, http_port and metrics_port must differ")
+        return self
+
+
+class ServeConfig(_Model):
+    """The config of ``streamclf serve``: the model section (as a daemon's) and the server's own."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One thing wrong with a config: where (key path, line in the file if known) and what."""
@@ -1207,13 +1291,8 @@ def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith((parent + ".", parent + "["))
 
 
-def parse_config(text: str, source: str = "<config>", env: dict | None = None,
-                 base_dir: str | Path | None = None) -> Config:
-    """Parse and validate YAML ``text``; raise ConfigError listing every problem with its line.
-
-    ``base_dir``: the directory relative paths in it are under; example images are checked when given.
-    """
-    env = dict(os.environ) if env is None else env
+def _read_yaml(text: str, source: str, env: Mapping[str, str]) -> tuple[dict, "_YamlReader"]:
+    """The YAML mapping in ``text`` and the reader that noted its lines and problems; ConfigError if none."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -1225,6 +1304,40 @@ def parse_config(text: str, source: str = "<config>", env: dict | None = None,
     data = reader.read(root)
     if not isinstance(data, dict):
         raise ConfigError(source, [ConfigProblem("", 1, "the top level must be a mapping")])
+    return data, reader
+
+
+def _read_text(p: Path) -> str:
+    try:
+        return p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(str(p), [ConfigProblem("", None, f"cannot read the file: {why}")]) from None
+
+
+def load_serve_config(path: str | Path, env: dict | None = None) -> ServeConfig:
+    """Read and validate the config of ``streamclf serve`` (its ``model``, ``serve`` and ``service`` sections)."""
+    p = Path(path)
+    text = _read_text(p)
+    data, reader = _read_yaml(text, str(p), dict(os.environ) if env is None else env)
+    problems = list(reader.problems)
+    try:
+        cfg = ServeConfig.model_validate(data)
+    except ValidationError as exc:
+        problems += validation_problems(exc, reader.lines, reader.from_env)
+    if problems:
+        raise ConfigError(str(p), problems)
+    return cfg
+
+
+def parse_config(text: str, source: str = "<config>", env: dict | None = None,
+                 base_dir: str | Path | None = None) -> Config:
+    """Parse and validate YAML ``text``; raise ConfigError listing every problem with its line.
+
+    ``base_dir``: the directory relative paths in it are under; example images are checked when given.
+    """
+    env = dict(os.environ) if env is None else env
+    data, reader = _read_yaml(text, source, env)
     problems = list(reader.problems)
     try:
         cfg = validate_config(data, source, reader.lines, reader.from_env, env, base_dir)
@@ -1248,9 +1361,5 @@ def _problem(loc: tuple, message: str, lines: Mapping[tuple, int]) -> ConfigProb
 def load_config(path: str | Path, env: dict | None = None) -> Config:
     """Read and validate the config file at ``path``."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise ConfigError(str(p), [ConfigProblem("", None, f"cannot read the file: {why}")]) from None
+    text = _read_text(p)
     return parse_config(text, str(p), env, p.resolve().parent)

@@ -28,7 +28,7 @@ from streamclf.alerts import AlertPublisher
 from streamclf.config import Config
 from streamclf.decisions import Decider, Decisions
 from streamclf.gating import ChangeGate
-from streamclf.model import LabelSet
+from streamclf.scoring import LabelSet
 from streamclf.snapshots import SnapshotWriter
 from streamclf.zones import ZoneCropper
 

@@ -30,7 +30,8 @@ _DEFAULT_FFMPEG_OPTIONS = {"analyzeduration": "1000000"}
 if "OPENCV_LOG_LEVEL" not in os.environ:
     # OpenCV's own warnings ("Stream timeout triggered", "can't be used to capture by name") name no
     # camera; our log lines say the same with the camera name. OPENCV_LOG_LEVEL=WARNING brings them back.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # OpenCV 4 has only the flat call (2 is its LOG_LEVEL_ERROR); OpenCV 5 also has cv2.utils.logging.
+    cv2.setLogLevel(2)
 
 
 def ffmpeg_capture_options(rtsp_transport: str, user_options: str = "") -> str:

@@ -5,11 +5,7 @@ normalise((1 - w) * mean_text + w * mean_image), where mean_text is the mean of 
 normalised text embeddings, mean_image that of its example images' normalised image
 embeddings and w its ``examples_weight`` (w = 0 without examples).
 
-A frame's scores depend on the family (``score_kind``):
-
-- CLIP (softmax): softmax(logit_scale * cosine) over the camera's labels; they sum to 1, and
-  adding a label moves the others.
-- SigLIP (sigmoid): sigmoid(logit_scale * cosine + logit_bias) for each label on its own.
+A frame's scores depend on the family (``score_kind``); the rule is ``streamclf.scoring``'s.
 
 With one prompt per label and no examples both equal what
 ``transformers.pipeline("zero-shot-image-classification")`` returns with ``hypothesis_template="{}"``.
@@ -27,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import cv2
@@ -47,19 +42,9 @@ from streamclf.model.cuda_graphs import GraphedEncoder
 from streamclf.model.device import resolve_device, resolve_precision
 from streamclf.model.loading import ModelLoadError, load_pretrained
 from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
+from streamclf.scoring import LabelSet, ScoreRule
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    """Text embeddings of a set of labels, (n_labels, dim), L2-normalised, on the model's device."""
-
-    names: tuple[str, ...]
-    embeddings: torch.Tensor
-
-    def index(self, names: Sequence[str]) -> list[int]:
-        return [self.names.index(n) for n in names]
 
 
 class ClipClassifier:
@@ -126,6 +111,8 @@ class ClipClassifier:
         self.logit_scale = float(self.model.logit_scale.exp().item())
         bias = getattr(self.model, "logit_bias", None)
         self.logit_bias = float(bias.item()) if bias is not None else 0.0
+        self.score_rule = ScoreRule(self.score_kind, self.logit_scale, self.logit_bias)
+        self.spec = spec
         self._graphed: GraphedEncoder | None = None
         if self.device.type == "cuda" and cfg.cuda_graphs:
             row = (3, spec.crop_height, spec.crop_width)
@@ -267,18 +254,5 @@ class ClipClassifier:
     @torch.inference_mode()
     def score(self, embeddings: torch.Tensor, labels: LabelSet,
               subsets: Sequence[Sequence[str]]) -> list[dict[str, float]]:
-        """Scores (0..1) of each embedding for its own subset of label names.
-
-        softmax(logit_scale * cosine) over the subset for CLIP; sigmoid(logit_scale * cosine +
-        logit_bias) per label for SigLIP, where the subset changes nothing but which labels are scored.
-        """
-        cos = (embeddings @ labels.embeddings.T).cpu()
-        results = []
-        for row, names in zip(cos, subsets, strict=True):
-            logits = self.logit_scale * row[labels.index(names)]
-            if self.score_kind == "sigmoid":
-                probs = torch.sigmoid(logits + self.logit_bias).tolist()
-            else:
-                probs = torch.softmax(logits, dim=-1).tolist()
-            results.append(dict(zip(names, probs, strict=True)))
-        return results
+        """Scores (0..1) of each embedding for its own subset of label names (``streamclf.scoring``)."""
+        return self.score_rule.scores((embeddings @ labels.embeddings.T).cpu().numpy(), labels, subsets)
