@@ -15,10 +15,10 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from streamclf.backend import Classifier, InferenceUnavailable
 from streamclf.batching import Batcher, DropReason
 from streamclf.entities import BatchReport, Classification, Frame
 from streamclf.gating import ChangeGate, GatePlan, Scores
-from streamclf.model import ClipClassifier
 from streamclf.observer import PipelineObserver
 from streamclf.state import BatchState, PipelineState
 from streamclf.zones import ZonedImage
@@ -43,7 +43,7 @@ class BatchCounters:
 class BatchClassifier:
     """Classifies batches with the state ``PipelineState`` holds; ``classify`` is called by one thread only."""
 
-    def __init__(self, classifier: ClipClassifier, state: PipelineState, batcher: Batcher, gate: ChangeGate | None,
+    def __init__(self, classifier: Classifier, state: PipelineState, batcher: Batcher, gate: ChangeGate | None,
                  sinks: Sequence[ClassificationSink], observer: PipelineObserver):
         self._classifier = classifier
         self._state = state
@@ -81,7 +81,16 @@ class BatchClassifier:
     def _classify(self, batch: list[Frame], state: BatchState, started: float) -> None:
         batch = self._drop_unclassified(batch, state)
         items = state.zones.expand(batch)  # one image per zone (or per frame), all in one model call
-        report = self._run_model(items, batch, started) if items else None
+        try:
+            if state.label_set is None:  # a remote model away since the start (Pipeline.fill_labels)
+                raise InferenceUnavailable("the labels are not encoded yet")
+            report = self._run_model(items, batch, started) if items else None
+        except InferenceUnavailable:
+            # The server is away: these frames are lost, counted, and the next batch tries again
+            # (the client logs the cause once and keeps its own backoff).
+            for frame in batch:
+                self._batcher.count_drop(frame.camera, DropReason.INFERENCE_UNAVAILABLE)
+            return
         # Counted once their results are handed on, so a status never shows frames as classified
         # whose detections are still to come.
         with self._counts_lock:
@@ -129,6 +138,7 @@ class BatchClassifier:
         results: list[Scores | None] = [None] * len(items)
         if to_run:
             subsets = [state.cfg.labels_for(items[i].frame.camera) for i in to_run]
+            assert state.label_set is not None, "checked when the batch started; only apply() swaps, between batches"
             for i, scores in zip(to_run, self._classifier.score(embeddings, state.label_set, subsets), strict=True):
                 results[i] = scores
         if plan is not None and self._gate is not None:

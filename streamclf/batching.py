@@ -34,6 +34,7 @@ class DropReason(str, Enum):
     SUPERSEDED = "superseded"  # replaced by a newer frame of the same live camera
     DECODE_ERROR = "decode_error"  # the source returned a frame that could not be decoded
     CAMERA_DISABLED = "camera_disabled"  # its camera was switched off at runtime (<prefix>/<camera>/enabled/set)
+    INFERENCE_UNAVAILABLE = "inference_unavailable"  # the model's server could not be reached or was too slow
 
 
 class Batcher:

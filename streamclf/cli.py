@@ -1,7 +1,8 @@
-"""Command line: ``streamclf run``, ``streamclf check-config``, ``streamclf evaluate``, ``streamclf --version``.
+"""Command line: ``streamclf run``, ``check-config``, ``evaluate``, ``serve``, ``--version``.
 
 Exit codes: 0 normal end, 1 invalid config, 2 model could not be loaded, 3 a worker thread died
-(``Pipeline.run``); ``evaluate`` adds its own (``streamclf/evaluate/command.py``).
+(``Pipeline.run``) or tritonserver stopped (``serve``); ``evaluate`` adds its own
+(``streamclf/evaluate/command.py``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import TYPE_CHECKING, Callable
 from streamclf import __version__
 
 if TYPE_CHECKING:
+    from streamclf.backend import Classifier
     from streamclf.config import ModelConfig
-    from streamclf.model import ClipClassifier
 
-    ClassifierFactory = Callable[[ModelConfig], ClipClassifier]
+    ClassifierFactory = Callable[[ModelConfig], Classifier]
 
 log = logging.getLogger("streamclf")
 
@@ -31,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"streamclf {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run the daemon"), ("check-config", "validate a config file and exit"),
-                            ("evaluate", "score the config's labels on labelled footage and suggest thresholds")):
+                            ("evaluate", "score the config's labels on labelled footage and suggest thresholds"),
+                            ("serve", "serve the model to nodes on NVIDIA Triton (a config with model: and serve:)")):
         s = sub.add_parser(name, help=help_text)
         s.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
         s.add_argument("--log-level", default=os.environ.get("STREAMCLF_LOG_LEVEL",
@@ -92,11 +94,11 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
 
-def load_classifier(model_cfg: ModelConfig) -> ClipClassifier:
-    """The real model, as configured; raises ModelLoadError."""
-    from streamclf.model import ClipClassifier
+def load_classifier(model_cfg: ModelConfig) -> Classifier:
+    """The real model, as configured (here or on a Triton server); raises ModelLoadError."""
+    from streamclf.backend import load_classifier as load
 
-    return ClipClassifier(model_cfg)
+    return load(model_cfg)
 
 
 def cmd_run(args: argparse.Namespace, make_classifier: ClassifierFactory = load_classifier) -> int:
@@ -106,7 +108,7 @@ def cmd_run(args: argparse.Namespace, make_classifier: ClassifierFactory = load_
     cfg = _load(args.config)
     if cfg is None:
         return 1
-    from streamclf.model import ModelLoadError
+    from streamclf.backend import ModelLoadError
     from streamclf.pipeline import Pipeline
     from streamclf.service.runtime import Service
 
@@ -149,6 +151,32 @@ def cmd_evaluate(args: argparse.Namespace, make_classifier: ClassifierFactory = 
     return run_evaluate(args, cfg, make_classifier)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamclf.backend import ModelLoadError
+    from streamclf.config import ConfigError, load_serve_config
+    from streamclf.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    try:
+        cfg = load_serve_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        from streamclf.remote.server import run_server
+    except ImportError as exc:
+        log.error("streamclf serve needs PyTriton, torch and transformers (%s): pip install 'streamclf[serve]'", exc)
+        return 2
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    log.info("streamclf %s serving with %s", __version__, os.path.abspath(args.config))
+    try:
+        return run_server(cfg, stop)
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        return 2
+
+
 def main(argv: list[str] | None = None, make_classifier: ClassifierFactory = load_classifier) -> int:
     """The ``streamclf`` command; ``make_classifier`` builds the model (tests pass a fake)."""
     args = _parser().parse_args(argv)
@@ -156,6 +184,8 @@ def main(argv: list[str] | None = None, make_classifier: ClassifierFactory = loa
         return cmd_check_config(args)
     if args.command == "evaluate":
         return cmd_evaluate(args, make_classifier)
+    if args.command == "serve":
+        return cmd_serve(args)
     return cmd_run(args, make_classifier)
 
 

@@ -20,6 +20,7 @@ import time
 from typing import Mapping, Sequence
 
 from streamclf.alerts import AlertPublisher
+from streamclf.backend import Classifier, InferenceUnavailable
 from streamclf.batch_classifier import BatchClassifier
 from streamclf.batching import Batcher
 from streamclf.camera_set import CameraSet
@@ -29,9 +30,9 @@ from streamclf.decisions import Decider
 from streamclf.drop_log import DropLog
 from streamclf.gating import ChangeGate
 from streamclf.homeassistant import HomeAssistantDiscovery
-from streamclf.model import ClipClassifier, LabelSet
 from streamclf.mqtt_client import MqttClient
 from streamclf.observer import ObserverGroup, PipelineObserver
+from streamclf.scoring import LabelSet
 from streamclf.sinks import DecisionSink, TopLabelSink
 from streamclf.snapshots import SnapshotWriter
 from streamclf.state import BatchState, PipelineState, SwapTimeout
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 EXIT_WORKER_FAILED = 3  # the process exit code when a worker thread died
 
 
-def label_set_for(classifier: ClipClassifier, cfg: Config, base_dir: str | None) -> LabelSet:
+def label_set_for(classifier: Classifier, cfg: Config, base_dir: str | None) -> LabelSet:
     """The label embeddings every batch of ``cfg`` scores against: prompts, and example images under
     ``base_dir`` (the config file's directory). ``streamclf evaluate`` uses it too, so the two never
     drift apart. Raises ValueError naming an example image that cannot be read."""
@@ -58,7 +59,7 @@ class Pipeline:
     swap_timeout_s = 10.0  # a config or label change waits at most this long for the batch in flight
     tick_s = 0.2  # the supervising loop's period, seconds
 
-    def __init__(self, cfg: Config, classifier: ClipClassifier, base_dir: str | None = None):
+    def __init__(self, cfg: Config, classifier: Classifier, base_dir: str | None = None):
         self.stop_event = threading.Event()  # set it (e.g. from a signal handler) to stop ``run``
         self.classifier = classifier
         self.batcher = Batcher(
@@ -77,7 +78,7 @@ class Pipeline:
         classifier.reserve_model_thread()
         # Change gating (off by default): unchanged frames (or zones) reuse their last scores.
         gate = ChangeGate(cfg.change_gate) if cfg.change_gate.enabled else None
-        initial = BatchState(cfg, self._encode_labels(cfg), ZoneCropper(cfg.cameras))
+        initial = BatchState(cfg, self._initial_labels(cfg), ZoneCropper(cfg.cameras))
         self._state = PipelineState(initial, self._decider, self._alerts, gate)
         self._batches = BatchClassifier(classifier, self._state, self.batcher, gate,
                                         [DecisionSink(self._decider, self._alerts), TopLabelSink(self.publisher)],
@@ -93,6 +94,29 @@ class Pipeline:
 
     def _encode_labels(self, cfg: Config) -> LabelSet:
         return label_set_for(self.classifier, cfg, self._base_dir)
+
+    def _initial_labels(self, cfg: Config) -> LabelSet | None:
+        """The labels at start; None when a remote model is away (``fill_labels`` encodes them once it answers)."""
+        try:
+            return self._encode_labels(cfg)
+        except InferenceUnavailable as exc:
+            log.warning("labels not encoded yet (%s): frames are dropped until the model's server answers", exc)
+            return None
+
+    def fill_labels(self) -> None:
+        """Encode the labels a start without the model's server could not; on the inference thread, between batches."""
+        state = self._state.current
+        if state.label_set is not None:
+            return
+        try:
+            label_set = self._encode_labels(state.cfg)
+        except InferenceUnavailable:
+            return  # the batch drops its frames; the client keeps the backoff and logs the cause
+        except ValueError as exc:  # an example image that has become unreadable
+            log.error("labels not encoded: %s", exc)
+            return
+        if self._state.fill_labels(state.cfg, label_set):
+            log.info("labels encoded: %d label(s); classifying", len(label_set.names))
 
     def _snapshot_writer(self, cfg: Config) -> SnapshotWriter:
         # The qos is read when a snapshot is sent, so a reload that changes it applies.
@@ -128,7 +152,8 @@ class Pipeline:
         pub = self.publisher
         mqtt = MqttStatus(pub.connected, pub.queued, pub.dropped_overflow, pub.published, pub.connects, pub.last_error,
                           pub.invalid_messages, pub.connect_failures)
-        return PipelineStatus(cfg, inference, cameras, self._alerts.published_counts(), mqtt, self.workers.failures())
+        return PipelineStatus(cfg, inference, cameras, self._alerts.published_counts(), mqtt, self.workers.failures(),
+                              self.classifier.backend_status())
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         """Frames dropped so far: camera -> ``DropReason`` value -> frames. MQTT messages lost to a
@@ -151,6 +176,8 @@ class Pipeline:
         reencode = (list(new.label_prompts().items()) != list(old.label_prompts().items())
                     or any(lc.examples for lc in new.labels.values())
                     or any(lc.examples for lc in old.labels.values()))
+        # Labels still missing (a remote model away since the start) are filled by the inference thread.
+        reencode = reencode and self._state.current.label_set is not None
         label_set = self._encode_labels(new) if reencode else None
         snapshots = self._snapshot_writer(new) if new.events.snapshots != old.events.snapshots else None
         timeout_s = self.swap_timeout_s if swap_timeout_s is None else swap_timeout_s
@@ -202,7 +229,7 @@ class Pipeline:
             raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         try:
             return self.apply(new_cfg)
-        except SwapTimeout as exc:
+        except (SwapTimeout, InferenceUnavailable) as exc:
             raise ValueError(f"{exc}; labels not changed") from None
 
     # -- running --------------------------------------------------------------------------
@@ -212,6 +239,7 @@ class Pipeline:
         while not self.stop_event.is_set():
             batch = self.batcher.next_batch(timeout=0.5)
             if batch:
+                self.fill_labels()
                 self._batches.classify(batch)
             elif self._all_files_done():
                 return

@@ -42,7 +42,7 @@ class BatchState:
     """Everything a batch reads besides thresholds; replaced whole, never changed."""
 
     cfg: Config
-    label_set: LabelSet
+    label_set: LabelSet | None  # None while a remote model has been away since the start
     zones: ZoneCropper
     paused: frozenset[str] = frozenset()  # cameras paused at runtime: captured, not classified
 
@@ -133,6 +133,19 @@ class PipelineState:
                 return replaced
         finally:
             self._batch_lock.release()
+
+    def fill_labels(self, cfg: Config, label_set: LabelSet) -> bool:
+        """Set the labels that could not be encoded at start (a remote model away), between two batches.
+
+        Only while ``cfg`` is still the config in force and no labels are set: a reload meanwhile
+        brought (or will bring) its own. Returns whether they were set.
+        """
+        with self._batch_lock, self._decision_lock:
+            old = self._current
+            if old.cfg is not cfg or old.label_set is not None:
+                return False
+            self._current = BatchState(cfg, label_set, old.zones, old.paused)
+            return True
 
     def _publish(self, decisions: Decisions) -> None:
         if self._alerts is not None:

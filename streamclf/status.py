@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+from streamclf.backend import BackendStatus
 from streamclf.camera_set import RunningCamera
 from streamclf.config import Config
 from streamclf.workers import WorkerFailure
@@ -65,6 +66,7 @@ class PipelineStatus:
     published: Mapping[tuple[str, str, str], int]  # (detection | event, camera, label) -> messages
     mqtt: MqttStatus
     failed_workers: tuple[WorkerFailure, ...] = ()  # threads that died: the process is unhealthy
+    backend: BackendStatus = BackendStatus("local", "", True, "")  # where the model runs, and whether it answers
 
     @property
     def cameras_running(self) -> int:

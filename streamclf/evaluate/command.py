@@ -13,8 +13,8 @@ import sys
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from streamclf.backend import Classifier
     from streamclf.config import Config, ModelConfig
-    from streamclf.model import ClipClassifier
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace, cfg: Config,
-                 make_classifier: Callable[[ModelConfig], ClipClassifier]) -> int:
+                 make_classifier: Callable[[ModelConfig], Classifier]) -> int:
     """Run the subcommand on a loaded ``cfg``; returns the exit code."""
     from streamclf.evaluate.truth import TruthError, load_truth
 

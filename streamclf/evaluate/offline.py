@@ -19,6 +19,7 @@ from typing import Iterable, Mapping, Sequence, TextIO
 
 import cv2
 
+from streamclf.backend import Classifier
 from streamclf.batch_classifier import BatchClassifier
 from streamclf.batching import Batcher
 from streamclf.capture import CameraState, CameraStatus, make_camera
@@ -27,9 +28,9 @@ from streamclf.decisions import Decider
 from streamclf.entities import BatchReport, Classification, Frame
 from streamclf.evaluate.truth import LabelledImage
 from streamclf.gating import ChangeGate
-from streamclf.model import ClipClassifier, LabelSet
 from streamclf.observer import PipelineObserver
 from streamclf.pipeline import label_set_for
+from streamclf.scoring import LabelSet
 from streamclf.state import BatchState, PipelineState
 from streamclf.zones import ZoneCropper
 
@@ -91,7 +92,7 @@ class ScoredVideo:
 class OfflineScorer:
     """Runs videos and stills through the daemon's batcher and batch classifier on the calling thread."""
 
-    def __init__(self, cfg: Config, classifier: ClipClassifier, show_progress: bool = True,
+    def __init__(self, cfg: Config, classifier: Classifier, show_progress: bool = True,
                  config_dir: str | None = None):
         self.cfg = cfg
         self.classifier = classifier

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import torch
 
+from streamclf.backend import BackendStatus
 from streamclf.config import SCORE_OF_MODEL_TYPE, LabelExamples, ModelConfig
 from streamclf.model import torch_threads
 from streamclf.model.checks import (
@@ -41,7 +42,7 @@ from streamclf.model.checks import (
 from streamclf.model.cuda_graphs import GraphedEncoder
 from streamclf.model.device import resolve_device, resolve_precision
 from streamclf.model.loading import ModelLoadError, load_pretrained
-from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, PreprocessSpec
+from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, Normaliser, PreprocessSpec
 from streamclf.scoring import LabelSet, ScoreRule
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class ClipClassifier:
         use_device = cfg.preprocess == "device" or (cfg.preprocess == "auto" and self.device.type == "cuda")
         preprocessor = DeviceBatchPreprocessor if use_device else BatchPreprocessor
         self.preprocess = preprocessor(spec, self.device, model_dtype)
+        self._normalise = Normaliser(spec, self.device)
+        self._planar_out: dict[int, torch.Tensor] = {}  # batch size -> reused input of embed_planar
         self.logit_scale = float(self.model.logit_scale.exp().item())
         bias = getattr(self.model, "logit_bias", None)
         self.logit_bias = float(bias.item()) if bias is not None else 0.0
@@ -136,6 +139,10 @@ class ClipClassifier:
     def _pin_caller(self) -> None:
         owner = self._model_thread
         torch_threads.pin(self.threads if owner is None or owner == threading.get_ident() else 1)
+
+    def backend_status(self) -> BackendStatus:
+        """Always connected: the model is in this process."""
+        return BackendStatus("local", "", True, "")
 
     @property
     def cuda_graph_buckets(self) -> tuple[int, ...]:
@@ -240,6 +247,18 @@ class ClipClassifier:
         self._pin_caller()
         with self._lock:
             return self._encode(pixels)
+
+    @torch.inference_mode()
+    def embed_planar(self, pixels: np.ndarray) -> np.ndarray:
+        """Embeddings (N, dim), fp32 on the host, of (N, 3, crop_h, crop_w) uint8 RGB pixels already resized
+        and cropped (what a Triton node sends, ``streamclf.remote.protocol``): normalised here, then the model."""
+        self._pin_caller()
+        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        with self._lock:
+            out = self._planar_out.get(len(x))
+            if out is None:
+                out = self._planar_out[len(x)] = torch.empty(x.shape, dtype=self.model_dtype, device=self.device)
+            return self._encode(self._normalise(x, out, False)).cpu().numpy()
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         if self._graphed is not None:

@@ -19,6 +19,7 @@ import socket
 import stat
 from pathlib import Path
 
+from streamclf.backend import ModelLoadError
 from streamclf.config import SCORE_OF_MODEL_TYPE
 from streamclf.model.preprocess import PreprocessSpec
 
@@ -26,10 +27,6 @@ log = logging.getLogger(__name__)
 
 # The files transformers reads from a model directory: weights, configs and tokenizer files.
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
-
-
-class ModelLoadError(Exception):
-    """The model weights could not be found or loaded; the message says where we looked and what to do."""
 
 
 def short_error(exc: BaseException) -> str:

@@ -40,8 +40,8 @@ import torch
 from streamclf.image_spec import PreprocessSpec, resize_shortest_edge
 from streamclf.model import torch_threads
 
-__all__ = ["BatchPreprocessor", "DeviceBatchPreprocessor", "PreprocessSpec", "centre_crop", "resize_and_crop",
-           "resize_shortest_edge"]
+__all__ = ["BatchPreprocessor", "DeviceBatchPreprocessor", "Normaliser", "PreprocessSpec", "centre_crop",
+           "resize_and_crop", "resize_shortest_edge"]
 
 
 def _resize_planar(image: np.ndarray, height: int, width: int) -> torch.Tensor:
@@ -88,7 +88,7 @@ def resize_and_crop(image: np.ndarray, spec: PreprocessSpec, out: torch.Tensor |
     return crop.contiguous() if out is None else out.copy_(crop)
 
 
-class _Normaliser:
+class Normaliser:
     """uint8 planar batch -> (x / 255 - mean) / std in the model's dtype, with the channel order fixed.
 
     One pass per channel (the multiply-add computed in fp32, rounded once to ``dtype``), reading
@@ -122,7 +122,7 @@ class BatchPreprocessor:
         self.spec = spec
         self.device = device
         self.dtype = dtype
-        self._normalise = _Normaliser(spec, device)
+        self._normalise = Normaliser(spec, device)
         self._staging: dict[int, torch.Tensor] = {}
         self._outputs: dict[int, torch.Tensor] = {}
 
@@ -182,7 +182,7 @@ class DeviceBatchPreprocessor:
         self.device = device
         self.dtype = dtype
         self._pin = device.type == "cuda"
-        self._normalise = _Normaliser(spec, device)
+        self._normalise = Normaliser(spec, device)
         # (height, width) -> (pinned uint8 (capacity, h, w, 3), its numpy view, event of the last copy out of it)
         self._host: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray, torch.cuda.Event | None]] = {}
         self._outputs: dict[int, torch.Tensor] = {}

@@ -48,6 +48,16 @@ class FiguresCollector(Collector):
                                 value=f["queue_depth"])
         yield CounterMetricFamily("streamclf_batches", "Model calls (batches) run.", value=f["batches"])
         yield from self._mqtt_families(f["mqtt"])
+        inference = f["inference"]
+        yield GaugeMetricFamily("streamclf_inference_connected",
+                                "1 while the model can be reached (always 1 with model.backend: local).",
+                                value=1 if inference["connected"] else 0)
+        yield CounterMetricFamily("streamclf_inference_failed_requests",
+                                  "Requests to the model's server that failed (unreachable, timed out, refused).",
+                                  value=inference["failed_requests"])
+        yield CounterMetricFamily("streamclf_inference_reconnects",
+                                  "Connections to the model's server made after the first.",
+                                  value=inference["reconnects"])
 
     @staticmethod
     def _camera_families(cameras: dict):

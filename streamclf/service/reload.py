@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from streamclf.backend import InferenceUnavailable
 from streamclf.config import Config
 from streamclf.state import SwapTimeout
 
@@ -129,7 +130,8 @@ def apply_reload(pipeline: Pipeline, new: Config, plan: ReloadPlan, swap_timeout
         })
     try:
         pipeline.apply(new, restart_cameras=plan.cameras_restarted, swap_timeout_s=swap_timeout_s)
-    except (SwapTimeout, ValueError) as exc:  # ValueError: an example image became unreadable since the check
+    # ValueError: an example image became unreadable since the check; InferenceUnavailable: the model's server is away.
+    except (SwapTimeout, ValueError, InferenceUnavailable) as exc:
         raise ReloadError(f"{exc}; the reload was not applied") from None
     if plan.cameras_added or plan.cameras_removed or plan.labels_changed:
         # Home Assistant entities and the control state topics follow the cameras and labels.

@@ -87,11 +87,17 @@ class Service(PipelineObserver):
         if not connected:
             err = status.mqtt.last_error
             reasons.append("MQTT broker not connected" + (f" ({err})" if err else ""))
+        backend = status.backend
+        if not backend.connected:
+            # Not a stall (batches go on, their frames dropped as inference_unavailable), so the watchdog
+            # keeps pinging: a restart would not bring the server back. /healthz says it.
+            reasons.append(f"inference server {backend.address} not connected ({backend.last_error})")
         body = {
             "status": "ok" if not reasons else "unhealthy",
             "reasons": reasons,
             "progress": progress.reason,
             "mqtt_connected": connected,
+            "inference_connected": backend.connected,
             "cameras": {n: c.state for n, c in status.cameras.items() if c.running},
         }
         return not reasons, body

@@ -44,6 +44,14 @@ def pipeline_figures(status: PipelineStatus, progress: Progress, classified_fps:
             "connect_failures": mqtt.connect_failures,  # attempts that failed before the broker answered
             "invalid_messages": mqtt.invalid_messages,  # refused by paho (over MQTT's limits) and dropped
         },
+        "inference": {
+            "backend": status.backend.kind,
+            "address": status.backend.address,
+            "connected": status.backend.connected,
+            "last_error": status.backend.last_error,
+            "reconnects": status.backend.reconnects,
+            "failed_requests": status.backend.failed_requests,
+        },
         "cameras": {
             name: {
                 "state": c.state,

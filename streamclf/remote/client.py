@@ -1,0 +1,289 @@
+"""``TritonClassifier``: a node's model on a Triton server, over gRPC (KServe v2 / Open Inference Protocol).
+
+The node resizes and crops each frame on its capture thread (``pixels``), sends batches of uint8
+pixels to ``<prefix>_image`` and scores the embeddings that come back against label embeddings
+that ``<prefix>_text`` made (``streamclf.scoring``). Needs ``tritonclient[grpc]`` and numpy only.
+
+The connection's one rule, in ``_Connection``: while it is down, every call raises
+``InferenceUnavailable`` at once (the pipeline drops those frames with their own reason), and
+a new attempt is made only when the backoff has passed: 1 s, doubling up to
+``model.triton.retry_max_s``. A request that fails or outlasts ``timeout_s`` takes the
+connection down. On each connection the server's models are checked against what this node
+sends and expects (``_check_server``): other shapes, dtypes or embedding sizes are a
+``ProtocolError`` naming both, and so is a server that comes back with another model than
+the one the labels were encoded with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from streamclf.backend import BackendStatus, InferenceUnavailable, ModelLoadError
+from streamclf.config import LabelExamples, ModelConfig
+from streamclf.remote import protocol as p
+from streamclf.remote.pixels import prepare_frame
+from streamclf.scoring import LabelSet, ScoreRule
+
+log = logging.getLogger(__name__)
+
+
+def _brief(exc: BaseException) -> str:
+    """One line of a gRPC error: Triton's messages carry the whole status and debug string."""
+    if isinstance(exc, InferenceServerException):
+        status = exc.status() or ""
+        text = (exc.message() or str(exc)).strip().splitlines()[0][:300]
+        return f"{status.removeprefix('StatusCode.')}: {text}" if status else text
+    return f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+
+
+class _Connection:
+    """The gRPC client, whether it is up, and when to try again; the one owner of those facts."""
+
+    def __init__(self, url: str, timeout_s: float, retry_max_s: float, check: Callable[[Any], p.ServerInfo]):
+        self.url = url
+        self.timeout_s = timeout_s
+        self.retry_max_s = retry_max_s
+        self._check = check  # connects' check of the server's models -> its ServerInfo
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._info: p.ServerInfo | None = None
+        self._next_attempt = 0.0
+        self._backoff_s = 1.0
+        self.connects = 0
+        self.failed_requests = 0
+        self.last_error = "not connected yet"
+        self.refused = ""  # why the last server reached was refused (ProtocolError); "" when it was not
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def client(self) -> tuple[Any, p.ServerInfo]:
+        """The connected client and its server's info; connects first when the backoff allows.
+
+        Raises InferenceUnavailable while the server cannot be reached, ProtocolError when it
+        serves other models than this node expects.
+        """
+        with self._lock:
+            if self._client is not None and self._info is not None:
+                return self._client, self._info
+            now = time.monotonic()
+            if now < self._next_attempt:
+                raise InferenceUnavailable(f"Triton server {self.url}: {self.last_error} "
+                                           f"(next attempt in {self._next_attempt - now:.0f} s)")
+            client = grpcclient.InferenceServerClient(self.url)
+            try:
+                info = self._check(client)
+            except (InferenceServerException, OSError) as exc:
+                self._down(_brief(exc), client)
+                raise InferenceUnavailable(f"Triton server {self.url}: {self.last_error}") from None
+            except p.ProtocolError as exc:
+                # Not fatal mid-run either: an operator may put the right model back; frames drop meanwhile.
+                self.refused = str(exc)
+                self._down(self.refused, client)
+                raise InferenceUnavailable(f"Triton server {self.url}: {exc}") from None
+            self.refused = ""
+            self._client, self._info = client, info
+            self._backoff_s = 1.0
+            self.connects += 1
+            if self.connects > 1:
+                log.info("Triton server %s: connected again", self.url)
+            self.last_error = ""
+            return client, info
+
+    def failed(self, client: Any, exc: BaseException) -> InferenceUnavailable:
+        """A request on ``client`` failed: the connection is down; the error to raise."""
+        with self._lock:
+            self.failed_requests += 1
+            if self._client is client:
+                self._client = None
+                self._down(_brief(exc), client, first_retry_now=True)
+        return InferenceUnavailable(f"Triton server {self.url}: {self.last_error}")
+
+    def _down(self, why: str, client: Any, first_retry_now: bool = False) -> None:
+        """Called with the lock held. The first failure of a working connection retries at once."""
+        if why != self.last_error:
+            log.warning("Triton server %s: %s; frames are dropped (inference_unavailable) until it answers",
+                        self.url, why)
+        self.last_error = why
+        wait = 0.0 if first_retry_now else self._backoff_s
+        self._next_attempt = time.monotonic() + wait
+        if not first_retry_now:
+            self._backoff_s = min(self._backoff_s * 2, self.retry_max_s)
+        try:
+            client.close()
+        except Exception:  # closing a broken channel may fail too; it is gone either way
+            pass
+
+
+class TritonClassifier:
+    """The classifier of a node whose model runs on a Triton server (``model.backend: triton``)."""
+
+    precision = "remote"
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.device = f"triton {cfg.triton.url}"
+        self._names = {w: p.model_name(cfg.triton.model_prefix, w) for w in (p.IMAGE, p.TEXT, p.INFO)}
+        self._first_info: p.ServerInfo | None = None
+        self._conn = _Connection(cfg.triton.url, cfg.triton.timeout_s, cfg.triton.retry_max_s, self._check_server)
+        self._prepare: Callable[[np.ndarray], np.ndarray] | None = None
+        self.score_rule: ScoreRule | None = None
+        try:
+            self._conn.client()
+        except InferenceUnavailable as exc:
+            if self._conn.refused:  # a server that answers with the wrong model is a setup error: say so now
+                raise ModelLoadError(self._conn.refused) from None
+            # Not fatal: the cameras start, their frames are dropped and counted until the server answers.
+            log.warning("%s; starting anyway: each batch retries when the backoff allows", exc)
+
+    # -- the server's models, checked -----------------------------------------------------
+
+    def _check_server(self, client: Any) -> p.ServerInfo:
+        """The server's ServerInfo, once its image and text models are seen to be what this node needs."""
+        timeout = self.cfg.triton.timeout_s
+        info = p.ServerInfo.from_json(self._infer_info(client, timeout))
+        image = client.get_model_metadata(self._names[p.IMAGE], as_json=True, client_timeout=timeout)
+        text = client.get_model_metadata(self._names[p.TEXT], as_json=True, client_timeout=timeout)
+        spec = info.preprocess
+        _expect(image, "inputs", p.PIXELS, "UINT8", [-1, 3, spec.crop_height, spec.crop_width], self._names[p.IMAGE])
+        _expect(image, "outputs", p.EMBEDDINGS, "FP32", [-1, info.embedding_dim], self._names[p.IMAGE])
+        _expect(text, "inputs", p.PROMPTS, "BYTES", [-1, 1], self._names[p.TEXT])
+        _expect(text, "outputs", p.EMBEDDINGS, "FP32", [-1, info.embedding_dim], self._names[p.TEXT])
+        if self.cfg.score not in ("auto", info.score_kind):
+            raise p.ProtocolError(f"model.score is {self.cfg.score}, but the server's model {info.model} is a "
+                                  f"{info.model_type} model, whose scores are a {info.score_kind}: set model.score: "
+                                  f"{info.score_kind} or auto")
+        first = self._first_info
+        if first is not None and first != info:
+            raise p.ProtocolError(f"the server at {self.cfg.triton.url} now serves {info.model} ({info.model_type}, "
+                                  f"{info.embedding_dim} dims), but this node's labels were encoded by {first.model} "
+                                  f"({first.model_type}, {first.embedding_dim} dims): restart the node")
+        if first is None:
+            self._adopt(info)
+        return info
+
+    def _infer_info(self, client: Any, timeout: float) -> bytes:
+        request = grpcclient.InferInput(p.PROTOCOL_INPUT, [1, 1], "BYTES")
+        request.set_data_from_numpy(np.array([[p.PROTOCOL.encode()]], dtype=np.object_))
+        result = client.infer(self._names[p.INFO], [request], client_timeout=timeout)
+        return result.as_numpy(p.INFO_OUTPUT).reshape(-1)[0]
+
+    def _adopt(self, info: p.ServerInfo) -> None:
+        self._first_info = info
+        self.score_rule = ScoreRule(info.score_kind, info.logit_scale, info.logit_bias)
+        self._prepare = prepare_frame(info.preprocess, bgr=True)
+        log.info("model %s on the Triton server %s: %s, %d dims, input %dx%d, up to %d frames per request",
+                 info.model, self.cfg.triton.url, info.model_type, info.embedding_dim,
+                 info.preprocess.crop_width, info.preprocess.crop_height, info.max_batch_size)
+
+    # -- the classifier ---------------------------------------------------------------------
+
+    def backend_status(self) -> BackendStatus:
+        conn = self._conn
+        return BackendStatus("triton", conn.url, conn.connected, conn.last_error, max(0, conn.connects - 1),
+                             conn.failed_requests)
+
+    @property
+    def prepare_image(self) -> Callable[[np.ndarray], Any] | None:
+        """Resize and crop on the capture thread, once the server said how; until then, in the batch."""
+        return self._prepare_or_none
+
+    def _prepare_or_none(self, image: np.ndarray) -> np.ndarray | None:
+        prepare = self._prepare
+        return prepare(image) if prepare is not None else None
+
+    def reserve_model_thread(self) -> None:
+        """Nothing to reserve: no torch in this process."""
+
+    def become_model_thread(self) -> None:
+        """Nothing to pin: no torch in this process."""
+
+    def _infer(self, which: str, name: str, array: np.ndarray, datatype: str) -> np.ndarray:
+        client, _ = self._conn.client()
+        request = grpcclient.InferInput(name, list(array.shape), datatype)
+        request.set_data_from_numpy(array)
+        try:
+            result = client.infer(self._names[which], [request], client_timeout=self.cfg.triton.timeout_s)
+        except InferenceServerException as exc:
+            raise self._conn.failed(client, exc) from None
+        return result.as_numpy(p.EMBEDDINGS)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> np.ndarray:
+        """L2-normalised fp32 text embeddings (N, dim) of ``prompts``, from the server's text model."""
+        _, info = self._conn.client()
+        rows = []
+        for i in range(0, len(prompts), info.max_batch_size):
+            chunk = np.array([[s.encode("utf-8")] for s in prompts[i : i + info.max_batch_size]], dtype=np.object_)
+            rows.append(self._infer(p.TEXT, p.PROMPTS, chunk, "BYTES"))
+        return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def encode_labels(self, prompts: Mapping[str, Sequence[str]],
+                      examples: Mapping[str, LabelExamples] | None = None) -> LabelSet:
+        """Each label's embedding, as the local model makes it (``streamclf.model.classifier``), on the server."""
+        names = tuple(prompts)
+        text = self.encode_prompts([q for n in names for q in prompts[n]])
+        examples = examples or {}
+        rows, start = [], 0
+        for n in names:
+            k = len(prompts[n])
+            row = text[start : start + k].mean(0)
+            start += k
+            if n in examples and examples[n].paths:
+                w = examples[n].weight
+                row = (1 - w) * row + w * self._example_mean(examples[n].paths)
+            rows.append(row / max(float(np.linalg.norm(row)), 1e-12))
+        return LabelSet(names, np.stack(rows).astype(np.float32))
+
+    def _example_mean(self, paths: Sequence) -> np.ndarray:
+        import cv2
+
+        images = []
+        for path in paths:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise ValueError(f"example image {path} cannot be read or decoded")
+            images.append(image)
+        return self.embed_images(images, bgr=True).mean(0)
+
+    def embed_images(self, images: Sequence[np.ndarray], bgr: bool = False,
+                     prepared: Sequence[Any] | None = None) -> np.ndarray:
+        """L2-normalised fp32 image embeddings (N, dim) of (H, W, 3) uint8 images (BGR with ``bgr=True``)."""
+        _, info = self._conn.client()
+        pixels = np.empty((len(images), 3, info.preprocess.crop_height, info.preprocess.crop_width), np.uint8)
+        prepare = prepare_frame(info.preprocess, bgr=bgr) if not bgr or self._prepare is None else self._prepare
+        for i, image in enumerate(images):
+            ready = prepared[i] if prepared is not None else None
+            pixels[i] = ready if ready is not None else prepare(image)
+        step = info.max_batch_size
+        out = [self._infer(p.IMAGE, p.PIXELS, pixels[i : i + step], "UINT8") for i in range(0, len(pixels), step)]
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def score(self, embeddings: np.ndarray, labels: LabelSet,
+              subsets: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+        rule = self.score_rule
+        assert rule is not None, "scores need a connection first: embed_images raises until there is one"
+        return rule.scores(embeddings @ labels.embeddings.T, labels, subsets)
+
+
+def _expect(metadata: dict, kind: str, name: str, datatype: str, shape: list[int], model: str) -> None:
+    """Raise ProtocolError unless ``metadata`` (Triton's model metadata) has ``name`` with this dtype and shape."""
+    tensors = {t["name"]: t for t in metadata.get(kind, [])}
+    want = f"{name} {datatype} {shape}"
+    if name not in tensors:
+        have = ", ".join(f"{t['name']} {t['datatype']} {t['shape']}" for t in tensors.values()) or "none"
+        raise p.ProtocolError(f"the server's model {model} has no {kind[:-1]} {name}: this node sends/expects "
+                              f"{want}, the server has {have}")
+    t = tensors[name]
+    got_shape = [int(d) for d in t["shape"]]
+    if t["datatype"] != datatype or len(got_shape) != len(shape) or any(
+            w != -1 and g != w for g, w in zip(got_shape, shape, strict=True)):
+        raise p.ProtocolError(f"the server's model {model} has {kind[:-1]} {name} {t['datatype']} {got_shape}, "
+                              f"but this node sends/expects {want}")
