@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sysconfig
+import tempfile
 import threading
 from pathlib import Path
 
@@ -62,6 +64,7 @@ class ModelServer:
         self.info = server_info(self.classifier, settings.max_batch_size)
         self._info_json = self.info.to_json().encode()
         self._triton = None
+        self._workspace = ""
         self.requests = {p.IMAGE: 0, p.TEXT: 0, p.INFO: 0}
         self._count_lock = threading.Lock()
 
@@ -91,9 +94,12 @@ class ModelServer:
 
         s = self.cfg.serve
         use_own_libpython()
-        triton = Triton(config=TritonConfig(
-            grpc_address=s.address, grpc_port=s.grpc_port, http_address=s.address, http_port=s.http_port,
-            metrics_address=s.address, metrics_port=s.metrics_port, exit_on_error=True))
+        # PyTriton's default workspace is under ~/.cache, which a systemd service may not write to (ProtectHome).
+        self._workspace = tempfile.mkdtemp(prefix="streamclf-serve-", dir=os.environ.get("RUNTIME_DIRECTORY"))
+        config = TritonConfig(grpc_address=s.address, grpc_port=s.grpc_port, http_address=s.address,
+                              http_port=s.http_port, metrics_address=s.address, metrics_port=s.metrics_port,
+                              exit_on_error=True)
+        triton = Triton(config=config, workspace=Path(self._workspace) / "pytriton")
         spec, dim, prefix = self.info.preprocess, self.info.embedding_dim, self.cfg.model.triton.model_prefix
         batcher = DynamicBatcher(max_queue_delay_microseconds=s.max_queue_delay_us,
                                  preferred_batch_size=list(s.preferred_batch_sizes) or None)
@@ -130,6 +136,8 @@ class ModelServer:
         if self._triton is not None:
             self._triton.stop()
             self._triton = None
+        if self._workspace:
+            shutil.rmtree(self._workspace, ignore_errors=True)
 
 
 def run_server(cfg: ServeConfig, stop: threading.Event) -> int:

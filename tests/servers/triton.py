@@ -31,6 +31,7 @@ class TritonServe:
         self.config = work / "serve.yaml"
         self.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.proc: subprocess.Popen | None = None
+        self._log = None
         self.starts = 0
 
     @property
@@ -47,8 +48,9 @@ class TritonServe:
         self.starts += 1
         env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         # Own process group: tritonserver and its Python stub go with it when the test kills the server.
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "streamclf", "serve", "-c", str(self.config)],
-                                     stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=str(REPO), start_new_session=True)
         self.wait_ready(timeout)
         return self
@@ -80,6 +82,12 @@ class TritonServe:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, as systemd stops it; the exit code."""
@@ -93,5 +101,6 @@ class TritonServe:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of tritonserver is left
             except ProcessLookupError:
                 pass
-        self.proc = None
+            self.proc = None
+            self._close_log()
         return rc

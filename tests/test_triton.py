@@ -1,0 +1,220 @@
+"""A node whose model runs on NVIDIA Triton (``model.backend: triton``), against real servers.
+
+``streamclf serve`` runs the tiny CLIP on a real Triton (PyTriton's bundled tritonserver, on
+the CPU); the nodes are the real daemon, one of them in a process where torch and transformers
+cannot be imported. Faults are real too: the server killed with SIGKILL and started again, a
+server answering too slowly, a server with other tensors than a node expects.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from streamclf.backend import InferenceUnavailable, ModelLoadError
+from streamclf.config import ModelConfig
+from streamclf.remote import protocol as p
+from tests.conftest import base_config, wait_until
+from tests.servers import free_port, make_video, read_frames
+from tests.servers.triton import TritonServe
+from tests.test_service import http_get, scrape
+
+pytestmark = pytest.mark.slow
+
+LABELS = {
+    "red_thing": {"prompts": ["a red object", "something red"], "threshold": 0.0},
+    "blue_thing": {"prompts": ["a blue object"], "threshold": 0.0},
+    "nothing": {"prompts": ["an empty scene"], "background": True},
+}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_clip_dir, tmp_path_factory):
+    """One ``streamclf serve`` for the tests that do not break it."""
+    s = TritonServe(tiny_clip_dir, tmp_path_factory.mktemp("triton")).start()
+    yield s
+    assert s.stop() == 0, s.output[-3000:]
+
+
+def _node_model(url: str, **triton) -> dict:
+    return {"backend": "triton", "triton": {"url": url, "timeout_s": 5, "retry_max_s": 2, **triton},
+            "batch_size": 4, "max_batch_wait_ms": 20}
+
+
+def _local(tiny_clip_dir):
+    from streamclf.model import ClipClassifier
+
+    return ClipClassifier(ModelConfig(name=str(tiny_clip_dir), device="cpu", precision="fp32"))
+
+
+def test_scores_through_triton_equal_local_mode(server, tiny_clip_dir):
+    from streamclf.remote.client import TritonClassifier
+
+    node = TritonClassifier(ModelConfig.model_validate(_node_model(server.url)))
+    local = _local(tiny_clip_dir)
+    prompts = {n: lc["prompts"] for n, lc in LABELS.items()}
+    node_labels, local_labels = node.encode_labels(prompts), local.encode_labels(prompts)
+    assert np.abs(node_labels.embeddings - local_labels.embeddings.numpy()).max() < 1e-5
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(11)]  # > max_batch_size 8
+    frames.append(rng.integers(0, 256, (480, 200, 3), dtype=np.uint8))
+    subsets = [list(LABELS)] * len(frames)
+    ours = node.score(node.embed_images(frames, bgr=True), node_labels, subsets)
+    theirs = local.score(local.embed_images(frames, bgr=True), local_labels, subsets)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.keys() == b.keys()
+        assert max(abs(a[k] - b[k]) for k in a) < 1e-4, (a, b)
+    status = node.backend_status()
+    assert status.kind == "triton" and status.connected and status.failed_requests == 0
+
+
+def test_a_node_without_torch_publishes_what_local_mode_scores(server, tiny_clip_dir, tmp_path, broker, prefix,
+                                                              collector, start_daemon):
+    video = make_video(tmp_path / "v.mp4", 10, size=(320, 240))
+    cfg = base_config(tiny_clip_dir, broker, prefix, {"cam": {"source": str(video), "fps": 10, "realtime": False}},
+                      LABELS, model=_node_model(server.url))
+    daemon = start_daemon(cfg, module="tests.no_torch_daemon")
+    assert daemon.wait(90) == 0, daemon.output[-4000:]
+    assert "loaded despite the block" not in daemon.output
+    detections = collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/cam/detection")) >= 20,
+                                    timeout=10) and collector.json_messages(f"{prefix}/cam/detection")
+    local = _local(tiny_clip_dir)
+    labels = local.encode_labels({n: lc["prompts"] for n, lc in LABELS.items()})
+    expected = local.score(local.embed_images(read_frames(video), bgr=True), labels, [list(LABELS)] * 10)
+    for d in detections:
+        assert abs(d["score"] - expected[d["frame"]][d["label"]]) < 1e-4, d
+    assert "triton" in daemon.output and "Traceback" not in daemon.output
+
+
+def test_server_away_at_start_then_killed_and_restarted(tiny_clip_dir, tmp_path, broker, prefix, start_daemon):
+    """No server at start, a SIGKILL mid-run, a restart: the node never stops, counts its drops, says why, recovers."""
+    serve = TritonServe(tiny_clip_dir, tmp_path / "triton")
+    video = make_video(tmp_path / "v.mp4", 20, size=(160, 120))
+    port = free_port()
+    cfg = base_config(tiny_clip_dir, broker, prefix, {"cam": {"source": str(video), "fps": 5, "loop": True}},
+                      LABELS, model=_node_model(serve.url), metrics={"enabled": True, "port": port})
+    daemon = start_daemon(cfg)
+    healthz = f"http://127.0.0.1:{port}/healthz"
+    cam = '{camera="cam"}'
+    dropped = '{camera="cam",reason="inference_unavailable"}'
+    try:
+        m = wait_until(lambda: (s := _scrape(port)).get(f"streamclf_frames_dropped_total{dropped}", 0) >= 3 and s,
+                       60, "frames dropped while no server runs")
+        assert m["streamclf_inference_connected"] == 0 and m.get(f"streamclf_frames_classified_total{cam}", 0) == 0
+        status, body = http_get(healthz)
+        assert status == 503 and any(f"inference server {serve.url} not connected" in r
+                                     for r in json.loads(body)["reasons"]), body
+        assert json.loads(body)["progress"] != "" and daemon.proc.poll() is None
+
+        serve.start()
+        ready = time.monotonic()
+        wait_until(lambda: _scrape(port).get(f"streamclf_frames_classified_total{cam}", 0) >= 3, 30,
+                   "classification once the server is up (labels encoded late)")
+        assert wait_until(lambda: http_get(healthz)[0] == 200, 10, "/healthz 200")
+        first_recovery = time.monotonic() - ready
+
+        serve.kill()
+        before = _scrape(port)
+        wait_until(lambda: _scrape(port)[f"streamclf_frames_dropped_total{dropped}"]
+                   >= before[f"streamclf_frames_dropped_total{dropped}"] + 3, 30, "drops after the SIGKILL")
+        assert http_get(healthz)[0] == 503 and daemon.proc.poll() is None
+
+        serve.start()
+        ready = time.monotonic()
+        classified = _scrape(port)[f"streamclf_frames_classified_total{cam}"]
+        wait_until(lambda: _scrape(port)[f"streamclf_frames_classified_total{cam}"] >= classified + 3, 30,
+                   "classification again after the restart")
+        second_recovery = time.monotonic() - ready
+        m = _scrape(port)
+        assert m["streamclf_inference_connected"] == 1 and m["streamclf_inference_reconnects_total"] >= 1
+        assert m["streamclf_inference_failed_requests_total"] >= 1
+        print(f"classifying again {first_recovery:.1f} s after the server was first ready, "
+              f"{second_recovery:.1f} s after its restart")
+        assert "Traceback" not in daemon.output
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(15) == 0, daemon.output[-3000:]
+    finally:
+        serve.kill()
+
+
+def _scrape(port: int) -> dict[str, float]:
+    try:
+        return scrape(port)
+    except OSError:  # not serving yet
+        return {}
+
+
+# -- servers that are not what a node expects: PyTriton in this process -------------------------
+
+@pytest.fixture(scope="module")
+def odd_server(tmp_path_factory):
+    """One Triton with two model sets: ``wrong_*`` (FP32 pixels) and ``slow_*`` (answers after 2 s)."""
+    from pytriton.decorators import batch
+    from pytriton.model_config import ModelConfig as TritonModelConfig
+    from pytriton.model_config import Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    from streamclf.image_spec import PreprocessSpec
+    from streamclf.remote.server import use_own_libpython
+
+    info = p.ServerInfo("odd", "clip", "softmax", 100.0, 0.0, 16, 4, PreprocessSpec(32, 32, 32)).to_json().encode()
+
+    @batch
+    def info_fn(protocol):
+        return {p.INFO_OUTPUT: np.array([[info]] * len(protocol), dtype=np.object_)}
+
+    @batch
+    def text_fn(prompts):
+        return {p.EMBEDDINGS: np.ones((len(prompts), 16), np.float32) / 4}
+
+    @batch
+    def slow_image(pixels):
+        time.sleep(2)
+        return {p.EMBEDDINGS: np.ones((len(pixels), 16), np.float32) / 4}
+
+    use_own_libpython()
+    triton = Triton(config=TritonConfig(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
+                                        grpc_address="127.0.0.1", http_address="127.0.0.1",
+                                        metrics_address="127.0.0.1"),
+                    workspace=tmp_path_factory.mktemp("pytriton") / "workspace")
+    for prefix, pixels in (("wrong", np.float32), ("slow", np.uint8)):
+        cfg = TritonModelConfig(max_batch_size=4)
+        triton.bind(f"{prefix}_info", info_fn, [Tensor(name=p.PROTOCOL_INPUT, dtype=bytes, shape=(1,))],
+                    [Tensor(name=p.INFO_OUTPUT, dtype=bytes, shape=(1,))], config=cfg)
+        triton.bind(f"{prefix}_text", text_fn, [Tensor(name=p.PROMPTS, dtype=bytes, shape=(1,))],
+                    [Tensor(name=p.EMBEDDINGS, dtype=np.float32, shape=(16,))], config=cfg)
+        triton.bind(f"{prefix}_image", slow_image, [Tensor(name=p.PIXELS, dtype=pixels, shape=(3, 32, 32))],
+                    [Tensor(name=p.EMBEDDINGS, dtype=np.float32, shape=(16,))], config=cfg)
+    triton.run()
+    yield f"127.0.0.1:{triton._config.grpc_port}"  # noqa: SLF001  # PyTriton keeps the port it was given there
+    triton.stop()
+
+
+def test_a_server_with_other_tensors_is_a_clear_error_naming_both(odd_server):
+    from streamclf.remote.client import TritonClassifier
+
+    with pytest.raises(ModelLoadError) as err:
+        TritonClassifier(ModelConfig.model_validate(_node_model(odd_server, model_prefix="wrong")))
+    message = str(err.value)
+    assert "wrong_image" in message and "pixels FP32 [-1, 3, 32, 32]" in message and "pixels UINT8" in message
+
+
+def test_a_request_that_outlasts_timeout_s_fails_at_once_and_counts(odd_server):
+    from streamclf.remote.client import TritonClassifier
+
+    node = TritonClassifier(ModelConfig.model_validate(_node_model(odd_server, model_prefix="slow", timeout_s=0.5)))
+    frame = np.zeros((32, 32, 3), np.uint8)
+    started = time.monotonic()
+    with pytest.raises(InferenceUnavailable, match="DEADLINE_EXCEEDED"):
+        node.embed_images([frame], bgr=True)
+    assert time.monotonic() - started < 1.8
+    status = node.backend_status()
+    assert not status.connected and status.failed_requests == 1 and "DEADLINE_EXCEEDED" in status.last_error
+    # The next call reconnects at once (the first failure of a working connection is retried immediately).
+    with pytest.raises(InferenceUnavailable):
+        node.embed_images([frame], bgr=True)
+    assert node.backend_status().failed_requests == 2
