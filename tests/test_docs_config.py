@@ -30,6 +30,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "homeassistant": c.HomeAssistantConfig,
     "metrics": c.MetricsConfig,
     "service": c.ServiceConfig,
+    "serve": c.ServeSettings,
 }
 
 
