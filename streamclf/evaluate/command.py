@@ -53,9 +53,9 @@ def run_evaluate(args: argparse.Namespace, cfg: Config,
 
 
 def _score_and_report(args: argparse.Namespace, cfg: Config, truth, make_classifier) -> int:
+    from streamclf.backend import ModelLoadError
     from streamclf.evaluate.offline import FootageError, OfflineScorer
     from streamclf.evaluate.report import build_report, format_table, suggested_yaml, to_json
-    from streamclf.backend import ModelLoadError
 
     try:
         scorer = OfflineScorer(cfg, make_classifier(cfg.model), show_progress=not args.quiet,

@@ -186,6 +186,12 @@ class TritonClassifier:
 
     # -- the classifier ---------------------------------------------------------------------
 
+    @property
+    def model_name(self) -> str:
+        """The server's model, once it has answered."""
+        first = self._first_info
+        return first.model if first is not None else f"(the model of {self.cfg.triton.url})"
+
     def backend_status(self) -> BackendStatus:
         conn = self._conn
         return BackendStatus("triton", conn.url, conn.connected, conn.last_error, max(0, conn.connects - 1),

@@ -47,7 +47,8 @@ class Service(PipelineObserver):
         self.monitor = ProgressMonitor()
         classifier = pipeline.classifier
         self._model_info = {
-            "model": pipeline.cfg.model.name,
+            # A Triton node's model is the server's (known once it answered), not model.name.
+            "model": str(getattr(classifier, "model_name", pipeline.cfg.model.name)),
             "device": str(getattr(classifier, "device", "")),
             "precision": str(getattr(classifier, "precision", "")),
         }
