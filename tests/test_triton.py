@@ -218,3 +218,29 @@ def test_a_request_that_outlasts_timeout_s_fails_at_once_and_counts(odd_server):
     with pytest.raises(InferenceUnavailable):
         node.embed_images([frame], bgr=True)
     assert node.backend_status().failed_requests == 2
+
+
+def test_pip_install_streamclf_triton_is_a_node_without_torch(server, tmp_path, broker, prefix, collector):
+    """The install the README gives a node: a fresh venv, ``pip install 'streamclf[triton]'``, nothing else."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, write_config
+
+    venv = tmp_path / "node-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{REPO}[triton]"],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    probe = subprocess.run([str(py), "-c", "import importlib.util as u; print([m for m in ('torch', 'transformers') "
+                            "if u.find_spec(m)])"], capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "[]"
+    video = make_video(tmp_path / "v.mp4", 8, size=(320, 240))
+    cfg = base_config(tmp_path, broker, prefix, {"cam": {"source": str(video), "fps": 10, "realtime": False}},
+                      LABELS, model=_node_model(server.url))
+    node = subprocess.run([str(venv / "bin" / "streamclf"), "run", "-c", str(write_config(tmp_path / "n.yaml", cfg))],
+                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert node.returncode == 0, node.stderr[-3000:]
+    assert "8 frames classified" in node.stderr
+    collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/cam/detection")) >= 16, timeout=10)

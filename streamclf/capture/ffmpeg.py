@@ -30,8 +30,13 @@ _DEFAULT_FFMPEG_OPTIONS = {"analyzeduration": "1000000"}
 if "OPENCV_LOG_LEVEL" not in os.environ:
     # OpenCV's own warnings ("Stream timeout triggered", "can't be used to capture by name") name no
     # camera; our log lines say the same with the camera name. OPENCV_LOG_LEVEL=WARNING brings them back.
-    # OpenCV 4 has only the flat call (2 is its LOG_LEVEL_ERROR); OpenCV 5 also has cv2.utils.logging.
-    cv2.setLogLevel(2)
+    # OpenCV 5 has cv2.utils.logging; OpenCV 4 (which nvidia-pytriton's numpy < 2 brings) only the flat
+    # call, where 2 is LOG_LEVEL_ERROR.
+    _opencv_logging = getattr(cv2.utils, "logging", None)
+    if _opencv_logging is not None:
+        _opencv_logging.setLogLevel(_opencv_logging.LOG_LEVEL_ERROR)
+    else:
+        cv2.setLogLevel(2)
 
 
 def ffmpeg_capture_options(rtsp_transport: str, user_options: str = "") -> str:
