@@ -72,6 +72,33 @@ def test_scores_through_triton_equal_local_mode(server, tiny_clip_dir):
     assert status.kind == "triton" and status.connected and status.failed_requests == 0
 
 
+def test_siglip_through_triton_scores_each_label_on_its_own_as_local_mode_does(tmp_path):
+    """SigLIP's server: square resize, text padded to its positions, sigmoid with the learned bias."""
+    from streamclf.model import ClipClassifier
+    from streamclf.remote.client import TritonClassifier
+    from tests.tiny_siglip import build_tiny_siglip
+
+    model_dir = build_tiny_siglip(tmp_path / "siglip")
+    serve = TritonServe(model_dir, tmp_path / "triton").start()
+    try:
+        node = TritonClassifier(ModelConfig.model_validate(_node_model(serve.url)))
+        local = ClipClassifier(ModelConfig(name=str(model_dir), device="cpu", precision="fp32"))
+        prompts = {"cat": ["a cat"], "dog": ["a dog", "a puppy on grass"]}
+        node_labels, local_labels = node.encode_labels(prompts), local.encode_labels(prompts)
+        frames = [np.random.default_rng(i).integers(0, 256, (180, 320, 3), dtype=np.uint8) for i in range(3)]
+        ours = node.score(node.embed_images(frames, bgr=True), node_labels, [["cat", "dog"], ["dog"], ["cat"]])
+        theirs = local.score(local.embed_images(frames, bgr=True), local_labels, [["cat", "dog"], ["dog"], ["cat"]])
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.keys() == b.keys() and max(abs(a[k] - b[k]) for k in a) < 1e-4, (a, b)
+        assert node.score_rule is not None and node.score_rule.kind == "sigmoid"
+        # Each label on its own: a frame's dog score does not depend on which other labels it is scored with.
+        emb = node.embed_images(frames[:1], bgr=True)
+        alone, with_cat = (node.score(emb, node_labels, [subset])[0] for subset in (["dog"], ["cat", "dog"]))
+        assert alone["dog"] == with_cat["dog"]
+    finally:
+        assert serve.stop() == 0, serve.output[-3000:]
+
+
 def test_a_node_without_torch_publishes_what_local_mode_scores(server, tiny_clip_dir, tmp_path, broker, prefix,
                                                               collector, start_daemon):
     video = make_video(tmp_path / "v.mp4", 10, size=(320, 240))
