@@ -48,6 +48,14 @@ class FiguresCollector(Collector):
                                 value=f["queue_depth"])
         yield CounterMetricFamily("streamclf_batches", "Model calls (batches) run.", value=f["batches"])
         yield from self._mqtt_families(f["mqtt"])
+        conflicts = GaugeMetricFamily(
+            "streamclf_camera_conflict", "1 for a camera this node claims but another node (label holder) "
+            "holds with an older claim: classified here, not published.", labels=["camera", "holder"])
+        for cam, holder in f["conflicts"].items():
+            conflicts.add_metric([cam, holder], 1)
+        yield conflicts
+        yield GaugeMetricFamily("streamclf_camera_conflicts", "Cameras this node claims that another node holds.",
+                                value=len(f["conflicts"]))
 
     @staticmethod
     def _camera_families(cameras: dict):

@@ -77,7 +77,12 @@ class Service(PipelineObserver):
         return pipeline_figures(status, self._judge(status), self.fps.rate, self.started_monotonic)
 
     def health(self) -> tuple[bool, dict]:
-        """``/healthz``: healthy when the pipeline makes progress and the broker is connected."""
+        """``/healthz``: healthy when the pipeline makes progress and the broker is connected.
+
+        ``degraded`` (still healthy, 200) while another node holds a camera this node claims: this
+        process works, and restarting it would not help (its claim would only be newer); the config
+        needs fixing, and the reasons say which camera and node.
+        """
         status = self.pipeline.status()
         progress = self._judge(status)
         connected = status.mqtt.connected
@@ -87,9 +92,11 @@ class Service(PipelineObserver):
         if not connected:
             err = status.mqtt.last_error
             reasons.append("MQTT broker not connected" + (f" ({err})" if err else ""))
+        conflicts = [f"camera {c.camera} is also claimed by node {c.holder}, whose claim is older; "
+                     "this node does not publish it" for c in status.conflicts]
         body = {
-            "status": "ok" if not reasons else "unhealthy",
-            "reasons": reasons,
+            "status": "unhealthy" if reasons else "degraded" if conflicts else "ok",
+            "reasons": reasons + conflicts,
             "progress": progress.reason,
             "mqtt_connected": connected,
             "cameras": {n: c.state for n, c in status.cameras.items() if c.running},
@@ -197,7 +204,7 @@ class Service(PipelineObserver):
 
     def publish_stats(self) -> None:
         pub = self.pipeline.publisher
-        pub.publish(pub.topic("stats"), json.dumps(self.figures(), separators=(",", ":")), qos=0)
+        pub.publish(pub.node_topic("stats"), json.dumps(self.figures(), separators=(",", ":")), qos=0)
 
     # -- SIGHUP ----------------------------------------------------------------------
 
