@@ -255,11 +255,9 @@ class NodeOwnership:
                 log.error("nodes: camera %s is also claimed by node %s, whose claim is older (since %s); node %s "
                           "does not publish for it; remove it from one of the two configs",
                           c.camera, c.holder, _iso(c.holder_since), self.node)
-        now_conflicted = {c.camera for c in new.conflicts}
-        for camera in before:
-            if camera not in now_conflicted and camera in new.mine:
-                log.info("nodes: camera %s is no longer claimed by node %s; node %s publishes for it",
-                         camera, before[camera], self.node)
+        for camera in sorted(set(before) & new.held):
+            log.info("nodes: node %s now holds camera %s (node %s's claim on it is gone or newer) and publishes it",
+                     self.node, camera, before[camera])
         for camera in sorted((new.held & new.elsewhere) - (old.held & old.elsewhere)):
             rivals = ", ".join(sorted(o.node for o in others if camera in o.cameras))
             log.warning("nodes: node(s) %s also claim camera %s; node %s's claim is older and keeps it",
