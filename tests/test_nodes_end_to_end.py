@@ -104,7 +104,8 @@ def test_two_nodes_keep_their_own_topics_through_restarts_and_a_removed_camera(
         # Node b restarts with the same config: nothing of either node is deleted.
         b.signal(signal.SIGTERM)
         assert b.wait(30) == 0, b.output
-        assert _all_retained(broker, prefix, ha)[f"{prefix}/nodes/b/available"] == b"offline"
+        wait_until(lambda: _all_retained(broker, prefix, ha).get(f"{prefix}/nodes/b/available") == b"offline", 30,
+                   "node b offline")
         b = start_daemon(b_cfg)
         wait_until(lambda: _settled(b, "b"), 90, "node b to know the claims again")
         wait_until(lambda: _all_retained(broker, prefix, ha).get(f"{prefix}/nodes/b/available") == b"online", 30,
