@@ -160,9 +160,16 @@ class MqttConfig(_Model):
         description=f"First level(s) of every topic: at most {MAX_TOPIC_PREFIX_BYTES} bytes, no '#', '+', "
         "control characters, leading '$' or leading/trailing '/'.",
     )
+    node_id: str | None = Field(
+        None,
+        description=f"This daemon's name among several sharing one broker and topic_prefix (1 to {MAX_NAME_CHARS} "
+        "of A-Z a-z 0-9 _ -): it claims its cameras under <prefix>/nodes/<node_id> and owns only their "
+        "retained topics and Home Assistant entities. Unset: the only daemon on this prefix.",
+    )
     client_id: str | None = Field(
         None, min_length=1,
-        description=f"MQTT client id, at most {MAX_CLIENT_ID_BYTES} bytes; default streamclf-<hostname>.",
+        description=f"MQTT client id, at most {MAX_CLIENT_ID_BYTES} bytes; default streamclf-<hostname>, "
+        "or streamclf-<hostname>-<node_id> with a node_id.",
     )
     username: str | None = Field(None, description="Broker user name.")
     password: str | None = Field(
@@ -209,6 +216,13 @@ class MqttConfig(_Model):
     @classmethod
     def _prefix(cls, v: str) -> str:
         _check_topic(v)
+        return v
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_name(v, "node")
         return v
 
     @field_validator("client_id")
@@ -304,7 +318,9 @@ class MqttConfig(_Model):
 
     @property
     def effective_client_id(self) -> str:
-        return self.client_id or f"streamclf-{socket.gethostname()}"
+        # Two nodes on one host must not share a client id: the broker would disconnect one for the other.
+        node = f"-{self.node_id}" if self.node_id else ""
+        return self.client_id or f"streamclf-{socket.gethostname()}{node}"
 
     def resolve_password(self, env: Mapping[str, str] | None = None) -> str | None:
         """The broker password: ``password``, or the credential file ``password_credential`` names.
@@ -851,6 +867,9 @@ class EventsConfig(_Model):
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
 
 
+# <prefix>/nodes/<node_id>: where nodes sharing a prefix claim their cameras (streamclf/nodes.py).
+NODES_TOPIC_LEVEL = "nodes"
+
 # Topic levels the daemon itself uses under <prefix>/<camera>/: a label or zone of that name would collide.
 RESERVED_TOPIC_NAMES = frozenset(
     {"status", "detection", "event", "snapshot", "enabled", "threshold", "state", "set", "top_label", "error", "stats",
@@ -980,7 +999,12 @@ class Config(_Model):
             name: _CameraRefs(cam.labels, list(cam.label_overrides), list(cam.zones))
             for name, cam in self.cameras.items()
         }
-        return _cross_section_problems(list(self.labels), cameras, self.model.effective_score)
+        problems = _cross_section_problems(list(self.labels), cameras, self.model.effective_score)
+        if self.mqtt.node_id is not None and NODES_TOPIC_LEVEL in self.cameras:
+            # <prefix>/nodes/<node> is a node's claim: a camera's topics there would read as one.
+            problems.append((("cameras", NODES_TOPIC_LEVEL), f"with mqtt.node_id set, {NODES_TOPIC_LEVEL!r} "
+                             "is the nodes' topic level; rename the camera"))
+        return problems
 
     def problems(self) -> list[ConfigProblem]:
         """Rules that span sections, as problems without lines (the config was not read from a file)."""

@@ -15,6 +15,11 @@ at most ``max_error_replies_per_s`` per second (the next one sent says how many 
 log lines per cause (rejected, applied) at most ``log_lines_per_window`` per
 ``log_window_s`` seconds, with one line summing up the rest. Runtime changes last until the daemon restarts: the config
 file stays the source of truth, and the state topics are set from it again at start.
+
+With several nodes on the prefix (``mqtt.node_id``, streamclf/nodes.py), a command for a camera
+another node holds is that node's: it is ignored here, not answered as an unknown camera. The
+label set is each node's own: ``<prefix>/labels/set`` reaches every node,
+``<prefix>/nodes/<node>/labels/set`` one, and each echoes on ``<prefix>/nodes/<node>/labels/state``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
 from streamclf.config import Config, ConfigError, LabelConfig, format_problems, validate_config
 from streamclf.mqtt_client import MqttClient
+from streamclf.nodes import NodeOwnership, camera_level
 from streamclf.retained import OwnedRetainedTopics
 from streamclf.throttle import LogThrottle, RateLimit
 from streamclf.workers import Workers
@@ -64,6 +70,15 @@ class ControlTarget(Protocol):
 
 class ControlError(ValueError):
     """A command that was rejected; the message is published on ``<prefix>/error``."""
+
+
+class _NotOurs(Exception):
+    """A command for a camera another node holds: not ours to apply nor to answer."""
+
+
+def _camera_of_topic(prefix: str) -> Callable[[str, bytes], str | None]:
+    """The camera of a retained ``<prefix>/<camera>/...`` state topic (the payload says nothing of it)."""
+    return lambda topic, payload: camera_level(prefix, topic)
 
 
 @dataclass(frozen=True)
@@ -115,13 +130,16 @@ class Controller:
         publisher: MqttClient,
         on_labels_changed: Callable[[Config], None] | None = None,  # e.g. announce to Home Assistant again
         workers: Workers | None = None,
+        ownership: NodeOwnership | None = None,  # with several nodes on the prefix: who holds which camera
     ):
         self._target = target
         self._publisher = publisher
         self._on_labels_changed = on_labels_changed
+        self._ownership = ownership
         prefix = publisher.prefix
-        self._enabled_states = OwnedRetainedTopics(publisher, f"{prefix}/+/enabled/state")
-        self._threshold_states = OwnedRetainedTopics(publisher, f"{prefix}/+/+/threshold/state")
+        camera_of = _camera_of_topic(prefix)
+        self._enabled_states = OwnedRetainedTopics(publisher, f"{prefix}/+/enabled/state", camera_of, ownership)
+        self._threshold_states = OwnedRetainedTopics(publisher, f"{prefix}/+/+/threshold/state", camera_of, ownership)
         # A command that does not fit is refused, not an older one dropped: its sender gets an error reply.
         self._queue: BoundedQueue[ControlMessage] = BoundedQueue(
             self.max_queued_commands, OverflowPolicy.REJECT_NEWEST, logger=log)
@@ -143,11 +161,21 @@ class Controller:
         """
         self._enabled_states.start()
         self._threshold_states.start()
+        if self._ownership is not None:
+            self._ownership.on_change(self._on_ownership_change)
         self._publish_state(self._target.cfg)
         t = self._publisher.topic
-        for topic_filter in (t("+", "enabled", "set"), t("+", "+", "threshold", "set"), t("labels", "set")):
+        filters = [t("+", "enabled", "set"), t("+", "+", "threshold", "set"), t("labels", "set"),
+                   self._publisher.node_topic("labels", "set")]
+        for topic_filter in dict.fromkeys(filters):  # the last is the one before it without a node id
             self._publisher.subscribe(topic_filter, self._on_message)
         self._thread.start()
+
+    def _on_ownership_change(self) -> None:
+        # The claims are known: what the broker held before can be judged. (Echoes of cameras this node
+        # now holds go out through the publisher, which kept them while they were withheld.)
+        self._enabled_states.flush_pending()
+        self._threshold_states.flush_pending()
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Finish the command being applied (up to ``timeout_s`` seconds); queued ones are dropped."""
@@ -178,6 +206,9 @@ class Controller:
         """Validate and apply one command; True if applied. Never raises."""
         try:
             self._dispatch(topic, payload)
+        except _NotOurs:
+            log.debug("control: %s is for a camera another node holds; ignored", topic)
+            return False
         except ControlError as exc:
             self._reject(topic, payload, str(exc))
             return False
@@ -190,7 +221,7 @@ class Controller:
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         parts = topic[len(self._publisher.prefix) + 1 :].split("/")
-        if parts == ["labels", "set"]:
+        if topic in (self._publisher.topic("labels", "set"), self._publisher.node_topic("labels", "set")):
             self._set_labels(payload)
         elif len(parts) == 3 and parts[1:] == ["enabled", "set"]:
             self._set_enabled(parts[0], payload)
@@ -200,6 +231,8 @@ class Controller:
             raise ControlError("not a command topic")
 
     def _camera(self, camera: str) -> None:
+        if self._ownership is not None and self._ownership.claimed_elsewhere(camera):
+            raise _NotOurs
         cameras = self._target.cfg.cameras
         if camera not in cameras:
             raise ControlError(f"unknown camera {camera!r}; cameras: {sorted(cameras)}")
@@ -264,7 +297,7 @@ class Controller:
             if not cfg.labels[label].background
         })
         self._publisher.set_retained(
-            t("labels", "state"), {name: lc.model_dump() for name, lc in cfg.labels.items()}
+            self._publisher.node_topic("labels", "state"), {name: lc.model_dump() for name, lc in cfg.labels.items()}
         )
 
     def _reject(self, topic: str, payload: bytes, error: str) -> None:

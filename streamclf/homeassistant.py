@@ -36,6 +36,15 @@ again on every reconnect and whenever Home Assistant's birth message (``online``
 ``<discovery_prefix>/status``) says it has (re)started. Payloads carry no ``object_id`` (Home
 Assistant derives entity ids from device and entity names) and entity names never repeat the device
 name; docs/home-assistant.md lists the Home Assistant versions they were checked against.
+
+Several nodes on one prefix (``mqtt.node_id``, streamclf/nodes.py): each node is a hub of its own,
+``identifiers`` ``<node_id>-node-<node>`` (a ``-`` where a camera device has ``_``, so no camera
+name can produce it), its entities' configs under that id, its availability and stats on
+``<prefix>/nodes/<node>/...``. Cameras keep the ids above (``<node_id>_<camera>``, configs under
+``<node_id>``), so a camera moved to another node keeps its entities; only its ``via_device`` and
+availability change. Each node announces only the cameras it holds, and the configs under
+``<node_id>`` are shared: each node cleans up there only what belongs to no camera another node
+holds, telling a config's camera by its device.
 """
 
 from __future__ import annotations
@@ -44,12 +53,14 @@ import json
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from streamclf import __version__
 from streamclf.config import Config
-from streamclf.mqtt_client import MqttClient
+from streamclf.mqtt_client import MqttClient, node_topic
+from streamclf.nodes import NodeOwnership
 from streamclf.retained import OwnedRetainedTopics
 
 log = logging.getLogger(__name__)
@@ -60,6 +71,26 @@ def node_id(topic_prefix: str) -> str:
     return "streamclf_" + re.sub(r"[^A-Za-z0-9_-]", "_", topic_prefix)
 
 
+def hub_id(topic_prefix: str, node: str | None) -> str:
+    """The hub device's identifier and discovery node id: ``node_id``, or ``<node_id>-node-<node>`` for a node."""
+    return node_id(topic_prefix) + (f"-node-{node}" if node else "")
+
+
+def camera_of_config(base: str) -> Callable[[str, bytes], str | None]:
+    """For configs under discovery node id ``base``: the camera a retained config belongs to (its
+    device is ``<base>_<camera>`` and linked to a hub), or None (a hub's, or unreadable)."""
+    def camera_of(topic: str, payload: bytes) -> str | None:
+        try:
+            device = json.loads(payload).get("device") or {}
+            ident = device["identifiers"][0]
+        except (ValueError, AttributeError, KeyError, IndexError, TypeError):
+            return None
+        if "via_device" not in device or not isinstance(ident, str) or not ident.startswith(base + "_"):
+            return None
+        return ident[len(base) + 1:]
+    return camera_of
+
+
 @dataclass(frozen=True)
 class DiscoveryEntity:
     """One Home Assistant entity: where its config goes and what it says."""
@@ -67,6 +98,7 @@ class DiscoveryEntity:
     component: str  # binary_sensor, sensor, switch, number, image, event
     object_id: str
     config: Mapping[str, Any]
+    hub: bool = False  # the hub's (the daemon's or node's own), not a camera's
 
     def topic(self, discovery_prefix: str, node: str) -> str:
         return f"{discovery_prefix}/{self.component}/{node}/{self.object_id}/config"
@@ -112,11 +144,15 @@ class _Entities:
         self.cfg = cfg
         self.prefix = cfg.mqtt.topic_prefix
         self.node = node_id(self.prefix)
-        self.daemon_available = [{"topic": f"{self.prefix}/available", **_DAEMON_ONLINE}]
+        self.hub_id = hub_id(self.prefix, cfg.mqtt.node_id)
+        self.available_topic = node_topic(self.prefix, cfg.mqtt.node_id, "available")
+        self.stats_topic = node_topic(self.prefix, cfg.mqtt.node_id, "stats")
+        self.daemon_available = [{"topic": self.available_topic, **_DAEMON_ONLINE}]
         self.origin = {"name": "streamclf", "sw_version": __version__}
+        name = "streamclf" if self.prefix == "streamclf" else f"streamclf {self.prefix}"
         self.hub = {
-            "identifiers": [self.node],
-            "name": "streamclf" if self.prefix == "streamclf" else f"streamclf {self.prefix}",
+            "identifiers": [self.hub_id],
+            "name": f"{name} {cfg.mqtt.node_id}" if cfg.mqtt.node_id else name,
             "manufacturer": "streamclf",
             "model": cfg.model.name,
             "sw_version": __version__,
@@ -125,24 +161,26 @@ class _Entities:
         self.items: list[DiscoveryEntity] = []
 
     def add(self, component: str, object_id: str, device: dict, availability: list | None, **config: Any) -> None:
-        base = {"unique_id": f"{self.node}_{object_id}", "device": device, "origin": self.origin, "qos": 1}
+        hub = device is self.hub
+        base = {"unique_id": f"{self.hub_id if hub else self.node}_{object_id}", "device": device,
+                "origin": self.origin, "qos": 1}
         if availability:
             base["availability"] = availability
             if len(availability) > 1:
                 base["availability_mode"] = "all"
-        self.items.append(DiscoveryEntity(component, object_id, {**config, **base}))
+        self.items.append(DiscoveryEntity(component, object_id, {**config, **base}, hub))
 
 
 def discovery_entities(cfg: Config, zones: Mapping[str, Sequence[str]] | None = None,
-                       hardware: str | None = None) -> list[DiscoveryEntity]:
-    """Every entity of the hub and of every camera in ``cfg``.
+                       hardware: str | None = None, cameras: Iterable[str] | None = None) -> list[DiscoveryEntity]:
+    """Every entity of the hub and of every camera in ``cfg`` (or of ``cameras``, those of them this node holds).
 
     ``zones`` maps a camera to its zone names (default: the config's); ``hardware`` (e.g. ``cpu, fp32``:
     the model's device and precision) becomes the hub's ``hw_version``.
     """
     out = _Entities(cfg, hardware)
     _hub_entities(out)
-    for camera in cfg.cameras:
+    for camera in cfg.cameras if cameras is None else cameras:
         # A camera with zones is classified only in its zones: it has zone states, no whole-frame state.
         zone_names = list((zones or {}).get(camera, ())) or list(cfg.cameras[camera].zones)
         _camera_entities(out, camera, zone_names)
@@ -151,14 +189,14 @@ def discovery_entities(cfg: Config, zones: Mapping[str, Sequence[str]] | None = 
 
 def _hub_entities(out: _Entities) -> None:
     out.add("binary_sensor", "hub_online", out.hub, None, name="Online", device_class="connectivity",
-            state_topic=f"{out.prefix}/available", payload_on="online", payload_off="offline",
+            state_topic=out.available_topic, payload_on="online", payload_off="offline",
             entity_category="diagnostic")
     interval_s = out.cfg.service.stats_interval_s
     if not interval_s:
         return
     for suffix, (name, template, extra) in _STATS.items():
         # expire_after: a daemon whose MQTT connection lives on but whose main loop hangs stops sending stats.
-        out.add("sensor", f"hub_{suffix}", out.hub, out.daemon_available, name=name, state_topic=f"{out.prefix}/stats",
+        out.add("sensor", f"hub_{suffix}", out.hub, out.daemon_available, name=name, state_topic=out.stats_topic,
                 value_template=template, expire_after=max(1, math.ceil(3 * interval_s)), **extra)
 
 
@@ -170,7 +208,7 @@ def _camera_entities(out: _Entities, camera: str, zone_names: list[str]) -> None
         "manufacturer": "streamclf",
         "model": "CLIP zero-shot classifier",
         "sw_version": __version__,
-        "via_device": out.node,
+        "via_device": out.hub_id,
     }
     honest = out.daemon_available + [
         {"topic": f"{prefix}/{camera}/status", **_DAEMON_ONLINE},
@@ -233,42 +271,78 @@ def _unique(entities: list[DiscoveryEntity]) -> list[DiscoveryEntity]:
     return list(seen.values())
 
 
+def _json(config: Mapping[str, Any]) -> str:
+    return json.dumps(config, separators=(",", ":"))
+
+
 class HomeAssistantDiscovery:
     """Announces ``discovery_entities`` retained, keeps them current, deletes the ones no longer wanted."""
 
-    def __init__(self, cfg: Config, publisher: MqttClient, hardware: str | None = None):
-        """``hardware``: the model's device and precision (e.g. ``cuda:0, fp16``), shown on the hub device."""
+    def __init__(self, cfg: Config, publisher: MqttClient, hardware: str | None = None,
+                 ownership: NodeOwnership | None = None):
+        """``hardware``: the model's device and precision (e.g. ``cuda:0, fp16``), shown on the hub device.
+        ``ownership``: with several nodes on the prefix, which cameras this node holds."""
         self.settings = cfg.homeassistant
         self.hardware = hardware
         self.node_id = node_id(cfg.mqtt.topic_prefix)
+        self.hub_id = hub_id(cfg.mqtt.topic_prefix, cfg.mqtt.node_id)
         self._cfg = cfg
+        self._zones: Mapping[str, Sequence[str]] | None = None
         self._publisher = publisher
-        self._configs = OwnedRetainedTopics(publisher, f"{self.settings.discovery_prefix}/+/{self.node_id}/+/config")
+        self._ownership = ownership
+        self._lock = threading.Lock()  # announces come from control, reload and (with nodes) the claims
+        prefix = self.settings.discovery_prefix
+        # Camera configs (and, for the only daemon on a prefix, the hub's) live under node_id. A node's hub
+        # has its own id, so each node's cleanup there is exactly its own; under node_id it spares the
+        # cameras other nodes hold.
+        self._configs = OwnedRetainedTopics(publisher, f"{prefix}/+/{self.node_id}/+/config",
+                                            camera_of_config(self.node_id), ownership)
+        self._hub_configs = (OwnedRetainedTopics(publisher, f"{prefix}/+/{self.hub_id}/+/config")
+                             if self.hub_id != self.node_id else None)
         self.resent = 0
 
     def start(self, zones: Mapping[str, Sequence[str]] | None = None) -> None:
         """Subscribe and queue the configs; call before the publisher connects."""
         self._configs.start()
+        if self._hub_configs is not None:
+            self._hub_configs.start()
         if self.settings.enabled:
             self._publisher.subscribe(self.settings.effective_status_topic, self._on_homeassistant_status)
+        if self._ownership is not None:
+            self._ownership.on_change(self._on_ownership_change)
         self.announce(self._cfg, zones)
 
     def announce(self, cfg: Config, zones: Mapping[str, Sequence[str]] | None = None) -> None:
         """Announce the entities of ``cfg`` (e.g. after a live label change) and delete the others.
 
         With ``homeassistant.enabled: false`` nothing is announced, so everything announced before is deleted.
+        With several nodes, only the cameras this node holds are announced.
         """
-        self._cfg = cfg
-        entities = discovery_entities(cfg, zones, self.hardware) if self.settings.enabled else []
-        prefix = self.settings.discovery_prefix
-        self._configs.replace({
-            e.topic(prefix, self.node_id): json.dumps(e.config, separators=(",", ":")) for e in entities
-        })
+        with self._lock:
+            self._cfg, self._zones = cfg, zones
+            cameras = None if self._ownership is None else self._ownership.held_of(cfg.cameras)
+            entities = discovery_entities(cfg, zones, self.hardware, cameras) if self.settings.enabled else []
+            prefix = self.settings.discovery_prefix
+            configs = {e.topic(prefix, self.hub_id if e.hub else self.node_id): _json(e.config) for e in entities}
+            if self._hub_configs is None:
+                self._configs.replace(configs)
+            else:
+                hub = {t: p for t, p in configs.items() if f"/{self.hub_id}/" in t}
+                self._configs.replace({t: p for t, p in configs.items() if t not in hub})
+                self._hub_configs.replace(hub)
         log.info("Home Assistant discovery: %d entit%s announced under %s/+/%s",
                  len(entities), "y" if len(entities) == 1 else "ies", prefix, self.node_id)
+
+    def _on_ownership_change(self) -> None:
+        # The cameras held changed (or the claims became known): announce those, then judge what the
+        # broker held before, now that our own configs are owned again and not taken for leftovers.
+        self.announce(self._cfg, self._zones)
+        self._configs.flush_pending()
 
     def _on_homeassistant_status(self, topic: str, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
             log.info("Home Assistant is online (%s); sending discovery again", topic)
             self.resent += 1
             self._configs.republish()
+            if self._hub_configs is not None:
+                self._hub_configs.republish()

@@ -9,10 +9,15 @@ hands messages to paho only while connected and keeps at most ``inflight_window`
 unacknowledged QoS>0 messages in paho's hands; paho resends those itself after a reconnect.
 So everything queued within the bound is delivered once the broker is back.
 
-Availability: ``<prefix>/available`` is ``online``/``offline``, retained, with
-``offline`` as the last will; per-camera ``<prefix>/<camera>/status`` is retained too.
+Availability: ``<prefix>/available`` (``<prefix>/nodes/<node_id>/available`` with an
+``mqtt.node_id``: each node its own) is ``online``/``offline``, retained, with ``offline`` as the
+last will; per-camera ``<prefix>/<camera>/status`` is retained too.
 Both are republished on every (re)connect, since a restarted broker without
 persistence forgets retained messages.
+
+A gate (``set_gate``; streamclf/nodes.py sets one when several nodes share the prefix) may
+withhold topics: a withheld message is not sent, a withheld retained state is still remembered,
+and ``republish_retained`` sends it once allowed.
 
 Failures are logged once per distinct cause with the broker's address: a connection that
 fails before the broker answers (refused, unreachable, silent, a TLS mismatch), a message
@@ -36,7 +41,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from streamclf.bounded_queue import BoundedQueue, OverflowPolicy
-from streamclf.config import MqttConfig
+from streamclf.config import NODES_TOPIC_LEVEL, MqttConfig
 from streamclf.throttle import LogThrottle
 from streamclf.workers import Workers
 
@@ -52,6 +57,7 @@ class OutgoingMessage:
 
 
 MessageHandler = Callable[[str, bytes], None]
+TopicGate = Callable[[str], bool]  # may this topic be sent now?
 
 
 class MqttClient:
@@ -63,6 +69,8 @@ class MqttClient:
         self.cfg = cfg
         self.workers = workers if workers is not None else Workers()
         self.prefix = cfg.topic_prefix
+        self.node_id = cfg.node_id
+        self.availability_topic = self.node_topic("available")
         # One lock for the queue and the connection state: the sender waits on both at once.
         self._cond = threading.Condition()
         self._queue: BoundedQueue[OutgoingMessage] = BoundedQueue(
@@ -74,7 +82,9 @@ class MqttClient:
         self._stopping = False
         self._inflight: list[mqtt.MQTTMessageInfo] = []  # QoS>0 handed to paho, maybe not yet acknowledged
         self._retained_state: dict[str, OutgoingMessage] = {}  # republished on every connect
-        self._subscriptions: dict[str, MessageHandler] = {}
+        self._subscriptions: dict[str, tuple[MessageHandler, bool]] = {}  # filter -> (handler, retained only)
+        self._gate: TopicGate | None = None
+        self.withheld = 0  # messages the gate did not let through, since start
         self.dropped_by_topic: Counter[str] = Counter()  # what the overflow cost, so the log can say
         self.published = 0
         self.connects = 0
@@ -109,7 +119,7 @@ class MqttClient:
                           cfg.host, cfg.port, self._setup_error)
         if cfg.username:
             client.username_pw_set(cfg.username, cfg.resolve_password())
-        client.will_set(self.topic("available"), "offline", qos=1, retain=True)
+        client.will_set(self.availability_topic, "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(self.inflight_window)
         client.on_connect = self._on_connect
@@ -117,22 +127,22 @@ class MqttClient:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        for topic_filter, handler in self._subscriptions.items():
-            client.message_callback_add(topic_filter, self._callback(handler))
+        for topic_filter, (handler, retained_only) in self._subscriptions.items():
+            client.message_callback_add(topic_filter, self._callback(handler, retained_only))
         return client
 
     def reconfigure(self, cfg: MqttConfig, flush_timeout_s: float = 1.0) -> None:
         """Reconnect with new settings (broker, credentials, client id, keepalive, QoS, queue bound).
 
         The queue, the retained state and the subscriptions stay, and so does every component
-        holding this publisher. ``<prefix>/available`` goes ``offline`` on the old connection
+        holding this publisher. The availability topic goes ``offline`` on the old connection
         first. QoS>0 messages the old connection had not had acknowledged within
-        ``flush_timeout_s`` seconds are lost (and logged). The topic prefix cannot change here:
-        too many topics and subscriptions are derived from it.
+        ``flush_timeout_s`` seconds are lost (and logged). The topic prefix and node id cannot
+        change here: too many topics and subscriptions are derived from them.
         """
-        if cfg.topic_prefix != self.prefix:
-            raise ValueError("mqtt.topic_prefix cannot change while running")
-        self.set_retained(self.topic("available"), "offline")
+        if cfg.topic_prefix != self.prefix or cfg.node_id != self.node_id:
+            raise ValueError("mqtt.topic_prefix and mqtt.node_id cannot change while running")
+        self.set_retained(self.availability_topic, "offline")
         self.flush(flush_timeout_s)
         old = self.client
         with self._cond:
@@ -147,11 +157,16 @@ class MqttClient:
             self._inflight.clear()  # the old client will never complete these
         if lost:
             log.warning("MQTT: %d message(s) unacknowledged by the old connection are lost", lost)
-        self.set_retained(self.topic("available"), "online")
+        self.set_retained(self.availability_topic, "online")
         self._connect()
 
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
+
+    def node_topic(self, *parts: str) -> str:
+        """A topic of this daemon as a whole: ``<prefix>/<parts>``, or ``<prefix>/nodes/<node_id>/<parts>``
+        with a node id, so that nodes sharing the prefix do not overwrite each other's."""
+        return node_topic(self.prefix, self.node_id, *parts)
 
     @property
     def connected(self) -> bool:
@@ -169,7 +184,7 @@ class MqttClient:
 
     def start(self) -> None:
         """Connect in the background; an unreachable broker is retried by paho with backoff."""
-        self.set_retained(self.topic("available"), "online")
+        self.set_retained(self.availability_topic, "online")
         self._sender.start()
         self._connect()
 
@@ -192,6 +207,8 @@ class MqttClient:
         if isinstance(payload, str):
             payload = payload.encode()
         msg = OutgoingMessage(topic, payload, qos, retain)
+        if not self._allowed(topic):
+            return
         with self._cond:
             # The broker's state goes into the overflow warning: a start-up burst while connected
             # must not hide an outage seconds later (see BoundedQueue).
@@ -216,16 +233,42 @@ class MqttClient:
             self._retained_state.pop(topic, None)
         self.publish(topic, b"", qos=1, retain=True)
 
-    def subscribe(self, topic_filter: str, handler: MessageHandler) -> None:
-        """Call ``handler(topic, payload)`` for messages on ``topic_filter`` (resubscribed on reconnect)."""
-        self._subscriptions[topic_filter] = handler
-        self.client.message_callback_add(topic_filter, self._callback(handler))
+    def set_gate(self, gate: TopicGate | None) -> None:
+        """From now on send only messages whose topic ``gate(topic)`` allows (None: all)."""
+        self._gate = gate
+
+    def _allowed(self, topic: str) -> bool:
+        gate = self._gate
+        if gate is None or gate(topic):
+            return True
+        with self._cond:
+            self.withheld += 1
+        return False
+
+    def republish_retained(self, which: TopicGate) -> None:
+        """Send again the remembered retained states whose topic ``which`` selects (e.g. withheld until now)."""
+        with self._cond:
+            states = [msg for topic, msg in self._retained_state.items() if which(topic)]
+        for msg in states:
+            self.publish(msg.topic, msg.payload, msg.qos, retain=True)
+
+    def subscribe(self, topic_filter: str, handler: MessageHandler, retained_only: bool = False) -> None:
+        """Call ``handler(topic, payload)`` for messages on ``topic_filter`` (resubscribed on reconnect, in
+        the order first subscribed). ``retained_only``: only the retained messages the broker hands over on
+        subscribing, never one published while we are subscribed."""
+        self._subscriptions[topic_filter] = (handler, retained_only)
+        self.client.message_callback_add(topic_filter, self._callback(handler, retained_only))
         if self._connected:
             self.client.subscribe(topic_filter, qos=1)
 
-    def _callback(self, handler: MessageHandler) -> Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]:
+    def _callback(self, handler: MessageHandler,
+                  retained_only: bool) -> Callable[[mqtt.Client, object, mqtt.MQTTMessage], None]:
         """paho's per-filter callback for ``handler``."""
-        return lambda client, userdata, message: self._dispatch(handler, message)
+        def callback(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+            # MQTT 3.1.1 sets the retain flag only on messages sent because of a new subscription.
+            if message.retain or not retained_only:
+                self._dispatch(handler, message)
+        return callback
 
     def _dispatch(self, handler: MessageHandler, message: mqtt.MQTTMessage) -> None:
         try:
@@ -243,6 +286,8 @@ class MqttClient:
                 if self._stopping and not self._queue:
                     return
                 msg = self._queue.popleft()
+            if not self._allowed(msg.topic):  # the gate closed while it waited
+                continue
             self._throttle.flush()  # sum up refused messages once their window has passed
             try:
                 info = self.client.publish(msg.topic, msg.payload, msg.qos, msg.retain)
@@ -290,7 +335,8 @@ class MqttClient:
             # Retained state first, ahead of anything queued during the outage; a topic already
             # queued keeps its place and its (newer) value.
             for topic, msg in reversed(self._retained_state.items()):
-                self._queue.put_front(msg, key=topic)
+                if self._gate is None or self._gate(topic):
+                    self._queue.put_front(msg, key=topic)
             self._connected = True
             self._cond.notify_all()
 
@@ -365,7 +411,7 @@ class MqttClient:
 
     def stop(self, flush_timeout_s: float = 3.0) -> None:
         """Publish ``offline``, deliver what is queued for up to ``flush_timeout_s`` seconds, disconnect."""
-        self.set_retained(self.topic("available"), "offline")
+        self.set_retained(self.availability_topic, "offline")
         flushed = self.flush(flush_timeout_s)
         if not flushed:
             log.warning("MQTT: %d message(s) not delivered at shutdown", self.queued)
@@ -376,6 +422,11 @@ class MqttClient:
         self.client.disconnect()
         self.client.loop_stop()
         self._sender.join(1.0)
+
+
+def node_topic(prefix: str, node_id: str | None, *parts: str) -> str:
+    """``<prefix>/<parts>`` for the only daemon on a prefix, ``<prefix>/nodes/<node_id>/<parts>`` for a node."""
+    return "/".join((prefix, NODES_TOPIC_LEVEL, node_id, *parts) if node_id else (prefix, *parts))
 
 
 def _brief_topic(topic: str, limit: int = 120) -> str:

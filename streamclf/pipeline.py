@@ -31,6 +31,7 @@ from streamclf.drop_log import DropLog
 from streamclf.gating import ChangeGate
 from streamclf.homeassistant import HomeAssistantDiscovery
 from streamclf.mqtt_client import MqttClient
+from streamclf.nodes import NodeOwnership
 from streamclf.observer import ObserverGroup, PipelineObserver
 from streamclf.scoring import LabelSet
 from streamclf.sinks import DecisionSink, TopLabelSink
@@ -70,6 +71,9 @@ class Pipeline:
         # Every long-lived thread runs guarded: one that dies is logged and makes the process unhealthy.
         self.workers = Workers()
         self.publisher = MqttClient(cfg.mqtt, self.workers)
+        # With a node id, other daemons share the prefix: this decides which cameras we publish for.
+        self._ownership = (NodeOwnership(self.publisher, cfg.mqtt.node_id, cfg.cameras)
+                           if cfg.mqtt.node_id else None)
         self._base_dir = base_dir
         self._decider = Decider(cfg, use_frame_time=True)  # deterministic for files; capture time for live
         self._observers = ObserverGroup()
@@ -87,9 +91,9 @@ class Pipeline:
                                   self._observers.on_camera_status)
         self._drop_log = DropLog(self.batcher, self.publisher, lambda: self.cfg.mqtt.max_queued_messages)
         hardware = f"{classifier.device}, {classifier.precision}"
-        self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=hardware)
+        self._discovery = HomeAssistantDiscovery(cfg, self.publisher, hardware=hardware, ownership=self._ownership)
         self._control = Controller(self, self.publisher, on_labels_changed=self._discovery.announce,
-                                   workers=self.workers)
+                                   workers=self.workers, ownership=self._ownership)
         self._inference = self.workers.thread(self._inference_loop, "inference")
 
     def _encode_labels(self, cfg: Config) -> LabelSet:
@@ -152,8 +156,9 @@ class Pipeline:
         pub = self.publisher
         mqtt = MqttStatus(pub.connected, pub.queued, pub.dropped_overflow, pub.published, pub.connects, pub.last_error,
                           pub.invalid_messages, pub.connect_failures)
+        conflicts = self._ownership.holdings.conflicts if self._ownership is not None else ()
         return PipelineStatus(cfg, inference, cameras, self._alerts.published_counts(), mqtt, self.workers.failures(),
-                              self.classifier.backend_status())
+                              cfg.mqtt.node_id, conflicts, self.classifier.backend_status())
 
     def drop_counts(self) -> dict[str, dict[str, int]]:
         """Frames dropped so far: camera -> ``DropReason`` value -> frames. MQTT messages lost to a
@@ -184,6 +189,8 @@ class Pipeline:
         replaced = self._state.apply(new, label_set, snapshots, timeout_s)
         if replaced is not None:
             replaced.stop(timeout_s=1.0)
+        if self._ownership is not None:
+            self._ownership.claim(new.cameras)  # before the cameras follow: a removed one's last status is judged by it
         self._cameras.follow(old.cameras, new.cameras, restart_cameras)
         return new
 
@@ -249,6 +256,8 @@ class Pipeline:
 
     def start(self) -> None:
         """Start every stage: subscriptions and retained state first, so they are in place on the first connect."""
+        if self._ownership is not None:
+            self._ownership.start()  # the claims' subscription and our claim ahead of everything else
         self._discovery.start()
         self._control.start()
         self.publisher.start()
@@ -270,6 +279,8 @@ class Pipeline:
             if self._all_files_done():
                 self.batcher.close()
             self._drop_log.tick()
+            if self._ownership is not None:
+                self._ownership.tick()
             self._end_silent_events()
             self._observers.on_tick()
         ended_by_files = not self.stop_event.is_set()

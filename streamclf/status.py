@@ -15,6 +15,7 @@ from typing import Mapping
 from streamclf.backend import BackendStatus
 from streamclf.camera_set import RunningCamera
 from streamclf.config import Config
+from streamclf.nodes import CameraConflict
 from streamclf.workers import WorkerFailure
 
 
@@ -66,6 +67,9 @@ class PipelineStatus:
     published: Mapping[tuple[str, str, str], int]  # (detection | event, camera, label) -> messages
     mqtt: MqttStatus
     failed_workers: tuple[WorkerFailure, ...] = ()  # threads that died: the process is unhealthy
+    node: str | None = None  # mqtt.node_id: one of several nodes sharing the prefix
+    # Cameras this node claims but another node holds (an older claim): classified, not published.
+    conflicts: tuple[CameraConflict, ...] = ()
     backend: BackendStatus = BackendStatus("local", "", True, "")  # where the model runs, and whether it answers
 
     @property

@@ -39,8 +39,11 @@ class FakePublisher:
     def topic(self, *parts: str) -> str:
         return "/".join((self.prefix, *parts))
 
-    def subscribe(self, topic_filter, handler) -> None:
+    def subscribe(self, topic_filter, handler, retained_only=False) -> None:
         self.subscriptions[topic_filter] = handler
+
+    def node_topic(self, *parts: str) -> str:
+        return self.topic(*parts)
 
     def publish(self, topic, payload, qos=0, retain=False) -> None:
         if isinstance(payload, dict):

@@ -58,6 +58,14 @@ class FiguresCollector(Collector):
         yield CounterMetricFamily("streamclf_inference_reconnects",
                                   "Connections to the model's server made after the first.",
                                   value=inference["reconnects"])
+        conflicts = GaugeMetricFamily(
+            "streamclf_camera_conflict", "1 for a camera this node claims but another node (label holder) "
+            "holds with an older claim: classified here, not published.", labels=["camera", "holder"])
+        for cam, holder in f["conflicts"].items():
+            conflicts.add_metric([cam, holder], 1)
+        yield conflicts
+        yield GaugeMetricFamily("streamclf_camera_conflicts", "Cameras this node claims that another node holds.",
+                                value=len(f["conflicts"]))
 
     @staticmethod
     def _camera_families(cameras: dict):

@@ -8,7 +8,7 @@ go to the decider, which ends the events of labels that are gone; then Home Assi
 discovery and the control state topics follow, and the MQTT publisher reconnects in place
 only when the ``mqtt`` section changed. The swap happens between two batches, so no batch
 ever sees half of each. Settings that only apply at start (model,
-topic prefix, Home Assistant discovery) need a restart: the running values stay, and the
+topic prefix, node id, Home Assistant discovery) need a restart: the running values stay, and the
 log says so.
 """
 
@@ -92,11 +92,13 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     restart_needed = tuple(f"model.{k}" for k, v in new.model.model_dump().items() if old.model.model_dump()[k] != v)
     if old.mqtt.topic_prefix != new.mqtt.topic_prefix:
         restart_needed += ("mqtt.topic_prefix",)  # every topic, subscription and retained state derives from it
+    if old.mqtt.node_id != new.mqtt.node_id:
+        restart_needed += ("mqtt.node_id",)  # so do the claim, the availability topic and the hub's ids
     restart_needed += tuple(
         f"homeassistant.{k}" for k, v in new.homeassistant.model_dump().items()
         if old.homeassistant.model_dump()[k] != v
     )
-    same_prefix = {"topic_prefix": old.mqtt.topic_prefix}
+    same_prefix = {"topic_prefix": old.mqtt.topic_prefix, "node_id": old.mqtt.node_id}
     return ReloadPlan(
         cameras_added=added,
         cameras_removed=removed,
@@ -126,7 +128,7 @@ def apply_reload(pipeline: Pipeline, new: Config, plan: ReloadPlan, swap_timeout
         new = new.model_copy(update={
             "model": old.model,
             "homeassistant": old.homeassistant,
-            "mqtt": new.mqtt.model_copy(update={"topic_prefix": old.mqtt.topic_prefix}),
+            "mqtt": new.mqtt.model_copy(update={"topic_prefix": old.mqtt.topic_prefix, "node_id": old.mqtt.node_id}),
         })
     try:
         pipeline.apply(new, restart_cameras=plan.cameras_restarted, swap_timeout_s=swap_timeout_s)

@@ -78,7 +78,12 @@ class Service(PipelineObserver):
         return pipeline_figures(status, self._judge(status), self.fps.rate, self.started_monotonic)
 
     def health(self) -> tuple[bool, dict]:
-        """``/healthz``: healthy when the pipeline makes progress and the broker is connected."""
+        """``/healthz``: healthy when the pipeline makes progress and the broker is connected.
+
+        ``degraded`` (still healthy, 200) while another node holds a camera this node claims: this
+        process works, and restarting it would not help (its claim would only be newer); the config
+        needs fixing, and the reasons say which camera and node.
+        """
         status = self.pipeline.status()
         progress = self._judge(status)
         connected = status.mqtt.connected
@@ -93,9 +98,11 @@ class Service(PipelineObserver):
             # Not a stall (batches go on, their frames dropped as inference_unavailable), so the watchdog
             # keeps pinging: a restart would not bring the server back. /healthz says it.
             reasons.append(f"inference server {backend.address} not connected ({backend.last_error})")
+        conflicts = [f"camera {c.camera} is also claimed by node {c.holder}, whose claim is older; "
+                     "this node does not publish it" for c in status.conflicts]
         body = {
-            "status": "ok" if not reasons else "unhealthy",
-            "reasons": reasons,
+            "status": "unhealthy" if reasons else "degraded" if conflicts else "ok",
+            "reasons": reasons + conflicts,
             "progress": progress.reason,
             "mqtt_connected": connected,
             "inference_connected": backend.connected,
@@ -204,7 +211,7 @@ class Service(PipelineObserver):
 
     def publish_stats(self) -> None:
         pub = self.pipeline.publisher
-        pub.publish(pub.topic("stats"), json.dumps(self.figures(), separators=(",", ":")), qos=0)
+        pub.publish(pub.node_topic("stats"), json.dumps(self.figures(), separators=(",", ":")), qos=0)
 
     # -- SIGHUP ----------------------------------------------------------------------
 

@@ -27,6 +27,9 @@ def pipeline_figures(status: PipelineStatus, progress: Progress, classified_fps:
         "uptime_s": round(time.monotonic() - started_monotonic, 3),
         "healthy": progress.ok,
         "progress": progress.reason,
+        "node": status.node,  # mqtt.node_id, None for the only daemon on the prefix
+        # Camera -> the node holding it, for cameras this node claims but does not publish (a conflict).
+        "conflicts": {c.camera: c.holder for c in status.conflicts},
         "cameras_online": status.cameras_online,
         "cameras_total": status.cameras_running,
         "classified_fps": round(classified_fps, 3),
@@ -73,4 +76,7 @@ def status_line(figures: dict) -> str:
         f"{figures['classified_fps']:.1f} frames/s classified, "
         f"MQTT {'connected' if figures['mqtt']['connected'] else 'disconnected'}"
     )
+    if figures["conflicts"]:
+        line += "; not published, held by another node: " + ", ".join(
+            f"{camera} ({holder})" for camera, holder in figures["conflicts"].items())
     return line if figures["healthy"] else f"{line}; NOT PROGRESSING: {figures['progress']}"
