@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
             from streamclf.evaluate.command import add_arguments
 
             add_arguments(s)
+    s = sub.add_parser("export", help="write a Triton model repository of serve.yaml's model, for a stock Triton")
+    s.add_argument("-c", "--config", default="serve.yaml", help="serve config file (default: serve.yaml)")
+    s.add_argument("out_dir", help="the model repository directory (its model directories are replaced)")
+    s.add_argument("--log-level", default=os.environ.get("STREAMCLF_LOG_LEVEL", "INFO"))
+    s.add_argument("--log-format", choices=("text", "json"), default="text")
     return p
 
 
@@ -180,6 +185,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None, make_classifier: ClassifierFactory = load_classifier) -> int:
     """The ``streamclf`` command; ``make_classifier`` builds the model (tests pass a fake)."""
     args = _parser().parse_args(argv)
+    if args.command == "export":
+        from streamclf.remote.export import cmd_export
+
+        return cmd_export(args)
     if args.command == "check-config":
         return cmd_check_config(args)
     if args.command == "evaluate":
