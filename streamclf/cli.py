@@ -19,7 +19,7 @@ from streamclf import __version__
 
 if TYPE_CHECKING:
     from streamclf.backend import Classifier
-    from streamclf.config import ModelConfig
+    from streamclf.config import ModelConfig, ServeConfig
 
     ClassifierFactory = Callable[[ModelConfig], Classifier]
 
@@ -156,16 +156,37 @@ def cmd_evaluate(args: argparse.Namespace, make_classifier: ClassifierFactory = 
     return run_evaluate(args, cfg, make_classifier)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from streamclf.backend import ModelLoadError
+def _serve_config(args: argparse.Namespace) -> ServeConfig | None:
+    """Logging set up and the config of ``serve`` or ``export`` read; None (reported) when it is invalid."""
     from streamclf.config import ConfigError, load_serve_config
     from streamclf.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
     try:
-        cfg = load_serve_config(args.config)
+        return load_serve_config(args.config)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    cfg = _serve_config(args)
+    if cfg is None:
+        return 1
+    try:
+        from streamclf.remote.export import run_export
+    except ImportError as exc:
+        log.error("streamclf export needs torch, transformers, onnx, onnxscript, onnxruntime and tokenizers (%s): "
+                  "pip install 'streamclf[export]'", exc)
+        return 2
+    return run_export(cfg, args.out_dir)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamclf.backend import ModelLoadError
+
+    cfg = _serve_config(args)
+    if cfg is None:
         return 1
     try:
         from streamclf.remote.server import run_server
@@ -186,8 +207,6 @@ def main(argv: list[str] | None = None, make_classifier: ClassifierFactory = loa
     """The ``streamclf`` command; ``make_classifier`` builds the model (tests pass a fake)."""
     args = _parser().parse_args(argv)
     if args.command == "export":
-        from streamclf.remote.export import cmd_export
-
         return cmd_export(args)
     if args.command == "check-config":
         return cmd_check_config(args)

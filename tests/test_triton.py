@@ -19,7 +19,7 @@ from streamclf.backend import InferenceUnavailable, ModelLoadError
 from streamclf.config import ModelConfig
 from streamclf.remote import protocol as p
 from tests.conftest import base_config, wait_until
-from tests.servers import free_port, make_video, read_frames
+from tests.servers import MqttCollector, free_port, make_video, read_frames
 from tests.servers.triton import TritonServe
 from tests.test_service import http_get, scrape
 
@@ -271,3 +271,33 @@ def test_pip_install_streamclf_triton_is_a_node_without_torch(server, tmp_path, 
     assert node.returncode == 0, node.stderr[-3000:]
     assert "8 frames classified" in node.stderr
     collector.wait_for(lambda m: len(collector.json_messages(f"{prefix}/cam/detection")) >= 16, timeout=10)
+
+
+def test_two_nodes_share_one_server_and_one_broker_each_with_its_own_topics(server, tiny_clip_dir, tmp_path, broker,
+                                                                           prefix, start_daemon):
+    from tests.test_nodes_end_to_end import _all_retained, _camera_topics, _node_cfg, _node_topics, _video
+
+    ha, base = f"{prefix}ha", f"streamclf_{prefix}"
+    video = _video(tmp_path / "v.mp4")
+    nodes = {"n1": ["gate", "yard"], "n2": ["porch"]}
+    with MqttCollector(broker.host, broker.port, f"{prefix}/#") as seen:
+        daemons = [start_daemon(_node_cfg(tiny_clip_dir, broker, prefix, ha, node, cams, video,
+                                          model=_node_model(server.url)))
+                   for node, cams in nodes.items()]
+        expected = {t for node, cams in nodes.items() for t in _node_topics(prefix, ha, base, node)
+                    | set().union(*(_camera_topics(prefix, ha, base, c) for c in cams))}
+        wait_until(lambda: expected <= set(_all_retained(broker, prefix, ha)), 90, "both nodes' retained topics")
+        for cams in nodes.values():
+            for cam in cams:  # every camera classified through the one server
+                seen.wait_for(lambda m, cam=cam: any(t == f"{prefix}/{cam}/detection" for t, _, _ in m), timeout=60)
+        retained = _all_retained(broker, prefix, ha)
+        for node, cams in nodes.items():
+            assert set(json.loads(retained[f"{prefix}/nodes/{node}"])["cameras"]) == set(cams)
+            for cam in cams:
+                device = json.loads(retained[f"{ha}/switch/{base}/{cam}_enabled/config"])["device"]
+                assert device["via_device"] == f"{base}-node-{node}"
+        assert not [t for t, p, _ in seen.all if not p and t in expected]  # neither deleted the other's topics
+    for d in daemons:
+        d.signal(signal.SIGTERM)
+        assert d.wait(30) == 0, d.output[-3000:]
+        assert "Traceback" not in d.output and "conflict" not in d.output.lower()

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamclf.config import SCORE_OF_MODEL_TYPE, ConfigError, ServeConfig, ServeSettings, load_serve_config
+from streamclf.config import SCORE_OF_MODEL_TYPE, ServeConfig, ServeSettings
 from streamclf.image_spec import PreprocessSpec
 from streamclf.model.checks import TransformersImageFeatures, TransformersImageTower
 from streamclf.model.loading import ModelLoadError, load_pretrained
@@ -263,17 +262,9 @@ def export_repository(cfg: ServeConfig, out: Path) -> p.ServerInfo:
     return info
 
 
-def cmd_export(args) -> int:
-    """``streamclf export -c serve.yaml OUT_DIR``: 0 written, 1 invalid config, 2 model or export failed."""
-    from streamclf.logs import setup_logging
-
-    setup_logging(args.log_level, args.log_format)
-    try:
-        cfg = load_serve_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    out = Path(args.out_dir)
+def run_export(cfg: ServeConfig, out_dir: str) -> int:
+    """``streamclf export -c serve.yaml OUT_DIR`` once its config is read: 0 written, 2 model or export failed."""
+    out = Path(out_dir)
     try:
         info = export_repository(cfg, out)
     except ImportError as exc:
