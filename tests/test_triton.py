@@ -72,6 +72,27 @@ def test_scores_through_triton_equal_local_mode(server, tiny_clip_dir):
     assert status.kind == "triton" and status.connected and status.failed_requests == 0
 
 
+def test_labels_with_example_images_through_triton_equal_local_mode(server, tiny_clip_dir, tmp_path):
+    import cv2
+
+    from streamclf.config import LabelExamples
+    from streamclf.remote.client import TritonClassifier
+
+    paths = []
+    for i in range(11):  # more than one request's worth (max_batch_size 8)
+        paths.append(tmp_path / f"ex{i}.png")
+        cv2.imwrite(str(paths[-1]), np.random.default_rng(i).integers(0, 256, (90 + i, 120, 3), dtype=np.uint8))
+    prompts = {"van": ["a delivery van"], "empty": ["an empty street"]}
+    examples = {"van": LabelExamples(tuple(paths), 0.7)}
+    node = TritonClassifier(ModelConfig.model_validate(_node_model(server.url)))
+    ours = node.encode_labels(prompts, examples).embeddings
+    theirs = _local(tiny_clip_dir).encode_labels(prompts, examples).embeddings.numpy()
+    assert np.abs(ours - theirs).max() < 1e-5
+    with pytest.raises(ValueError, match="ex0.png cannot be read"):
+        paths[0].write_bytes(b"not an image")
+        node.encode_labels(prompts, examples)
+
+
 def test_siglip_through_triton_scores_each_label_on_its_own_as_local_mode_does(tmp_path):
     """SigLIP's server: square resize, text padded to its positions, sigmoid with the learned bias."""
     from streamclf.model import ClipClassifier

@@ -43,7 +43,7 @@ from streamclf.model.cuda_graphs import GraphedEncoder
 from streamclf.model.device import resolve_device, resolve_precision
 from streamclf.model.loading import ModelLoadError, load_pretrained
 from streamclf.model.preprocess import BatchPreprocessor, DeviceBatchPreprocessor, Normaliser, PreprocessSpec
-from streamclf.scoring import LabelSet, ScoreRule
+from streamclf.scoring import LabelSet, ScoreRule, example_mean, label_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -189,34 +189,15 @@ class ClipClassifier:
         embeddings), w the examples' weight (0..1); fp32. Raises ValueError naming an example image
         that cannot be read.
         """
-        names = tuple(prompts)
-        text = self.encode_prompts([p for n in names for p in prompts[n]])
-        examples = examples or {}
-        rows, start = [], 0
-        for n in names:
-            k = len(prompts[n])
-            row = text[start : start + k].mean(0)
-            start += k
-            if n in examples and examples[n].paths:
-                w = examples[n].weight
-                row = (1 - w) * row + w * self._example_mean(examples[n].paths)
-            rows.append(torch.nn.functional.normalize(row, dim=-1))
-        return LabelSet(names, torch.stack(rows))
+        text = self.encode_prompts([p for n in prompts for p in prompts[n]]).cpu().numpy()
+        rows = label_embeddings(prompts, text, examples or {}, self._example_mean)
+        return LabelSet(tuple(prompts), torch.from_numpy(rows).to(self.device))
 
-    def _example_mean(self, paths: Sequence) -> torch.Tensor:
-        """Mean of the normalised image embeddings of the image files ``paths``, batch by batch."""
-        total, step = None, self.cfg.batch_size
-        for i in range(0, len(paths), step):
-            images = []
-            for path in paths[i : i + step]:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise ValueError(f"example image {path} cannot be read or decoded")
-                images.append(image)
-            emb = self.embed_images(images, bgr=True).sum(0)
-            total = emb if total is None else total + emb
-        assert total is not None
-        return total / len(paths)
+    def _example_mean(self, paths: Sequence) -> np.ndarray:
+        def embed(images: list[np.ndarray]) -> np.ndarray:
+            return self.embed_images(images, bgr=True).cpu().numpy()
+
+        return example_mean(paths, self.cfg.batch_size, embed)
 
     @property
     def prepare_image(self) -> Callable[[np.ndarray], torch.Tensor] | None:

@@ -29,7 +29,7 @@ from streamclf.backend import BackendStatus, InferenceUnavailable, ModelLoadErro
 from streamclf.config import LabelExamples, ModelConfig
 from streamclf.remote import protocol as p
 from streamclf.remote.pixels import prepare_frame
-from streamclf.scoring import LabelSet, ScoreRule
+from streamclf.scoring import LabelSet, ScoreRule, example_mean, label_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -234,30 +234,11 @@ class TritonClassifier:
     def encode_labels(self, prompts: Mapping[str, Sequence[str]],
                       examples: Mapping[str, LabelExamples] | None = None) -> LabelSet:
         """Each label's embedding, as the local model makes it (``streamclf.model.classifier``), on the server."""
-        names = tuple(prompts)
-        text = self.encode_prompts([q for n in names for q in prompts[n]])
-        examples = examples or {}
-        rows, start = [], 0
-        for n in names:
-            k = len(prompts[n])
-            row = text[start : start + k].mean(0)
-            start += k
-            if n in examples and examples[n].paths:
-                w = examples[n].weight
-                row = (1 - w) * row + w * self._example_mean(examples[n].paths)
-            rows.append(row / max(float(np.linalg.norm(row)), 1e-12))
-        return LabelSet(names, np.stack(rows).astype(np.float32))
+        text = self.encode_prompts([q for n in prompts for q in prompts[n]])
+        return LabelSet(tuple(prompts), label_embeddings(prompts, text, examples or {}, self._example_mean))
 
     def _example_mean(self, paths: Sequence) -> np.ndarray:
-        import cv2
-
-        images = []
-        for path in paths:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise ValueError(f"example image {path} cannot be read or decoded")
-            images.append(image)
-        return self.embed_images(images, bgr=True).mean(0)
+        return example_mean(paths, self.cfg.batch_size, lambda images: self.embed_images(images, bgr=True))
 
     def embed_images(self, images: Sequence[np.ndarray], bgr: bool = False,
                      prepared: Sequence[Any] | None = None) -> np.ndarray:
