@@ -132,7 +132,7 @@ def measure(args, model_dir: Path, videos_future: Future, work: Path) -> list[di
                 row["round"] = r + 1
                 rows.append(row)
                 print(f"  round {r + 1}: {processes} process(es) x {streams} streams: {row['frames_per_s']:.0f} "
-                      f"frames/s (server batches of {row['server']['mean_batch_run']:.1f}"
+                      f"frames/s (server batches of {row['server']['mean_batch_run'] or 0:.1f}"
                       f"{'' if row['warm'] else ', a node was not warm at the window start'})", flush=True)
     finally:
         server.stop()
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"streamclf on Triton: {info.get('gpu', 'no GPU')}, {info['cpu']} ({info['cores']} cores), one streamclf "
           f"serve ({args.precision}{graphs}), best of {args.rounds} round(s), {info['wall_s']} s")
     for row in best.values():
-        s = row["server"]
+        s = {k: v or 0 for k, v in row["server"].items()}  # None: no request in the window
         print(f"  {row['processes']} process(es) x {row['streams_per_process']} streams: {row['frames_per_s']:7.0f} "
               f"frames/s  (server batches of {s['mean_batch_run']:.1f}, queue {s['queue_us'] / 1000:.1f} ms, "
               f"compute {s['compute_infer_us'] / 1000:.1f} ms per request)")

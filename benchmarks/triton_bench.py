@@ -1,6 +1,6 @@
 """streamclf on Triton, same run: one local daemon against the same cameras on 2 nodes into one server.
 
-    python benchmarks/triton_bench.py              # full run, about 4 minutes on a 2-core CPU
+    python benchmarks/triton_bench.py              # full run, about 5 minutes on a quiet 2-core CPU
     python benchmarks/triton_bench.py --quick      # smoke test: a minute, numbers meaningless
 
 Measures on this machine, in one process tree, in ``--rounds`` interleaved rounds (i, ii, p, i, ii, p, ...):
@@ -11,12 +11,14 @@ Measures on this machine, in one process tree, in ``--rounds`` interleaved round
 (ii) the same K files split over 2 node processes (``model.backend: triton``, no model in them)
      into one ``streamclf serve`` (PyTriton's tritonserver) on this machine, started once for the
      whole run and serving the same model at the same precision; frames/s of both nodes together;
-(p)  the protocol's cost per batch, with no node running: one node's request for a batch of
-     ``--batch-size`` prepared frames (``TritonClassifier.embed_images``) against the same batch
-     through ``ClipClassifier.embed_planar`` (normalisation + model) in this process, and Triton's
-     own per-request times from its metrics port (request, queue, compute input/infer/output), so
-     the difference splits into the client and gRPC, Triton's scheduling, and PyTriton's bridge
-     from tritonserver's Python stub to the ``streamclf serve`` process.
+(p)  the protocol's cost per batch, with no node running: ``--probe-requests`` times, interleaved,
+     the same batch of ``--batch-size`` prepared frames through ``ClipClassifier.embed_planar``
+     (normalisation + model) in this process, then as one node's request
+     (``TritonClassifier.embed_images``), with Triton's counters (metrics port) read around that
+     request alone: the node's time minus the server's model call for the same request is the
+     protocol's cost (client and gRPC, then Triton's queue and scheduling); the server's model
+     call against the in-process one is PyTriton's bridge from tritonserver's Python stub to
+     ``streamclf serve`` (across processes, so as noisy as the machine).
 
 Threads on a small machine: the server's torch gets every core (``model.threads`` unset, as the
 local daemon's), the nodes have no torch, and every camera decodes at idle priority (a file with
@@ -73,10 +75,10 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict:
     """What Triton did between two scrapes: requests, mean batch it ran, mean µs per request of each stage."""
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in METRICS}
     requests = d["nv_inference_request_success"]
-    per = (lambda k: d[k] / requests) if requests else (lambda k: float("nan"))
+    per = (lambda k: d[k] / requests) if requests else (lambda k: None)  # None: no request (JSON null)
     return {"requests": int(requests), "executions": int(d["nv_inference_exec_count"]),
             "mean_batch_run": d["nv_inference_count"] / d["nv_inference_exec_count"]
-            if d["nv_inference_exec_count"] else float("nan"),
+            if d["nv_inference_exec_count"] else None,
             "request_us": per("nv_inference_request_duration_us"), "queue_us": per("nv_inference_queue_duration_us"),
             "compute_input_us": per("nv_inference_compute_input_duration_us"),
             "compute_infer_us": per("nv_inference_compute_infer_duration_us"),
@@ -173,7 +175,10 @@ def run_daemons(label: str, configs: list[dict], prefix: str, expected: int, bro
 
 
 class ProtocolProbe:
-    """(p) One batch of prepared frames: a node's request to the server against the model in this process."""
+    """(p) One batch of prepared frames: a node's request to the server against the model in this process.
+
+    Each request waits for Triton's counters to include it (``_counted``), about a second.
+    """
 
     def __init__(self, model_dir: Path, url: str, metrics_port: int, args):
         import numpy as np
@@ -194,20 +199,46 @@ class ProtocolProbe:
             self.node.embed_images(self.frames, bgr=True, prepared=self.prepared)
 
     def measure(self, n: int) -> dict:
-        local = _timed(lambda: self.local.embed_planar(self.pixels), n)
-        before = scrape(self.metrics_port)
-        remote = _timed(lambda: self.node.embed_images(self.frames, bgr=True, prepared=self.prepared), n)
-        server = server_side(before, scrape(self.metrics_port))
-        # Means, as Triton's counters give only sums: the split below then adds up to the whole.
-        node_ms, model_ms = statistics.fmean(remote), statistics.fmean(local)
-        return {"batch_size": len(self.frames), "requests": n, "node_request_ms": node_ms,
-                "in_process_model_ms": model_ms, "protocol_cost_ms": node_ms - model_ms,
-                "node_request_median_ms": statistics.median(remote),
-                "in_process_model_median_ms": statistics.median(local),
-                "client_and_grpc_ms": node_ms - server["request_us"] / 1000,
-                "triton_scheduling_ms": (server["request_us"] - server["compute_infer_us"]) / 1000,
-                "pytriton_bridge_ms": server["compute_infer_us"] / 1000 - model_ms,
-                "server": server, "load_average_1m": round(os.getloadavg()[0], 2)}
+        """``n`` pairs, interleaved so that both see the same background load: the batch in this process,
+        then the node's request, with Triton's counters read before and after it (that request alone)."""
+        local, node, server = [], [], []
+        for _ in range(n):
+            local += _timed(lambda: self.local.embed_planar(self.pixels), 1)
+            before = scrape(self.metrics_port)
+            node += _timed(lambda: self.node.embed_images(self.frames, bgr=True, prepared=self.prepared), 1)
+            server.append(server_side(before, self._counted(before)))
+        med = statistics.median
+        # A request Triton's counters never showed (see _counted) is left out of the pairs.
+        counted = [(a, b, s) for a, b, s in zip(local, node, server, strict=True) if s["requests"] == 1]
+        if not counted:
+            raise RuntimeError("Triton's metrics never counted the probe's requests")
+        local, node = [a for a, _, _ in counted], [b for _, b, _ in counted]
+        request = [s["request_us"] / 1000 for _, _, s in counted]
+        compute = [s["compute_infer_us"] / 1000 for _, _, s in counted]
+        return {"batch_size": len(self.frames), "requests": len(counted), "node_request_ms": med(node),
+                "in_process_model_ms": med(local), "server_request_ms": med(request), "server_compute_ms": med(compute),
+                # Exact per request: what the node waited beyond the server's own model call (PyTriton's
+                # infer function, which includes the bridge below).
+                "protocol_cost_ms": med([a - b for a, b in zip(node, compute, strict=True)]),
+                "client_and_grpc_ms": med([a - b for a, b in zip(node, request, strict=True)]),
+                "triton_scheduling_ms": med([a - b for a, b in zip(request, compute, strict=True)]),
+                # Across processes, so as noisy as the machine: the model's call in the server against the same
+                # call here, the difference being PyTriton's bridge from tritonserver's stub to streamclf serve.
+                "pytriton_bridge_ms": med(compute) - med(local),
+                "node_over_in_process": med(node) / med(local),
+                "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+    def _counted(self, before: dict[str, float]) -> dict[str, float]:
+        """Triton's counters once they include the request made after ``before``: they are refreshed every
+        metrics interval (2 s by default), not at each request."""
+        deadline = time.monotonic() + 10
+        while True:
+            after = scrape(self.metrics_port)
+            done = after.get("nv_inference_request_success", 0) > before.get("nv_inference_request_success", 0)
+            if done or time.monotonic() > deadline:
+                return after
+            time.sleep(0.05)
 
 
 def _timed(fn, n: int) -> list[float]:
@@ -268,10 +299,11 @@ def measure(args, model_dir: Path, videos: list[Path], run_dir: Path) -> list[di
                                         server.proc.pid, server.metrics_port)
                 print(f"  round {r + 1} (ii) {args.nodes} nodes + serve: {row['ii']['frames_per_s']:.1f} frames/s "
                       f"({row['ii']['frames']}/{expected}, server batches of "
-                      f"{row['ii']['server']['mean_batch_run']:.1f})", flush=True)
+                      f"{row['ii']['server']['mean_batch_run'] or 0:.1f})", flush=True)
                 row["p"] = probe.measure(args.probe_requests)
                 print(f"  round {r + 1} (p) batch {args.batch_size}: node request {row['p']['node_request_ms']:.1f} "
-                      f"ms, model in-process {row['p']['in_process_model_ms']:.1f} ms", flush=True)
+                      f"ms, protocol {row['p']['protocol_cost_ms']:.1f} ms, model in-process "
+                      f"{row['p']['in_process_model_ms']:.1f} ms", flush=True)
                 rounds.append(row)
         finally:
             rc = server.stop()
@@ -301,12 +333,12 @@ def print_table(result: dict, args) -> None:
           f"(machine busy {i['machine_busy']:.0%}, idle server {i['server_cores_used']:.2f} cores)")
     print(f"  (ii) {args.nodes} nodes + 1 streamclf serve:     {ii['frames_per_s']:6.1f} frames/s "
           f"(machine busy {ii['machine_busy']:.0%}, server {ii['server_cores_used']:.2f} cores, batches of "
-          f"{ii['server']['mean_batch_run']:.1f})")
+          f"{ii['server']['mean_batch_run'] or 0:.1f})")
     print(f"  (ii)/(i): {s['ratio_ii_over_i']:.3f} (median of the rounds' own ratios {s['ratio_median_round']:.3f})")
-    print(f"  (p)  batch {p['batch_size']}: node request {p['node_request_ms']:.1f} ms, model in-process "
-          f"{p['in_process_model_ms']:.1f} ms -> protocol {p['protocol_cost_ms']:.1f} ms per batch (client+gRPC "
-          f"{p['client_and_grpc_ms']:.1f}, Triton scheduling {p['triton_scheduling_ms']:.1f}, PyTriton bridge "
-          f"{p['pytriton_bridge_ms']:.1f})")
+    print(f"  (p)  batch {p['batch_size']}: node request {p['node_request_ms']:.1f} ms, the server's model call "
+          f"{p['server_compute_ms']:.1f} ms -> protocol {p['protocol_cost_ms']:.1f} ms per batch (client+gRPC "
+          f"{p['client_and_grpc_ms']:.1f}, Triton scheduling {p['triton_scheduling_ms']:.1f}); the same batch in "
+          f"one process {p['in_process_model_ms']:.1f} ms (PyTriton's bridge {p['pytriton_bridge_ms']:.1f} ms)")
     print(f"JSON: {args.out}")
 
 
@@ -321,11 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--cameras", type=int, default=4, help="synthetic files (run.py's (b))")
     p.add_argument("--frames", type=int, default=150, help="frames per file (10 fps files, all sampled)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--probe-requests", type=int, default=20, help="(p) requests per round")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--probe-requests", type=int, default=10, help="(p) requests per round")
     p.add_argument("--daemon-timeout-s", type=float, default=300)
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="model and videos are cached here")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cpu-triton.json")
+    p.add_argument("--note", default="", help="kept in the JSON: e.g. whether the machine was quiet")
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the machine")
     args = p.parse_args(argv)
     if args.quick:
