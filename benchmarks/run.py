@@ -151,6 +151,21 @@ class PageViewer:
         return {"stream_bytes": self.stream_bytes, "pictures": self.pictures}
 
 
+def classified_rate(msgs: list[dict], batch_size: int) -> dict:
+    """Classified frames/s from detection messages (one per frame): frames, frames_per_s, seconds, window.
+
+    A batch's messages go out together when it ends, so the clock starts at the end of the first
+    batch and the frames counted are those classified after it. (Counting every message but
+    the first over that span would credit the daemon with batch_size - 1 frames it did not
+    earn: +1.2% for 600 frames in batches of 8.)
+    """
+    stamps = sorted(m["timestamp"] for m in msgs)
+    first = min(batch_size, len(stamps) - 1)
+    span = stamps[-1] - stamps[first - 1]
+    return {"frames": len({(m["camera"], m["frame_index"]) for m in msgs}),
+            "frames_per_s": (len(stamps) - first) / span, "seconds": span, "window": (stamps[first - 1], stamps[-1])}
+
+
 def daemon_end_to_end(model_dir: Path, videos: list[Path], frames_per_file: int, args, broker, workdir: Path,
                       page_open: bool = False) -> dict:
     """(b) Non-realtime files through the daemon; classified frames/s from the detection messages.
@@ -176,16 +191,7 @@ def daemon_end_to_end(model_dir: Path, videos: list[Path], frames_per_file: int,
         daemon.stop()
     if rc != 0 or len(msgs) < 2:
         raise RuntimeError(f"daemon run failed (rc {rc}, {len(msgs)} messages):\n{daemon.output()[-3000:]}")
-    stamps = sorted(m["timestamp"] for m in msgs)
-    frames = len({(m["camera"], m["frame_index"]) for m in msgs})
-    # A batch's messages go out together when it ends, so the clock starts at the end of the first
-    # batch and the frames counted are those classified after it. (Counting every message but
-    # the first over that span would credit the daemon with batch_size - 1 frames it did not
-    # earn: +1.2% for 600 frames in batches of 8.)
-    first = min(args.batch_size, len(stamps) - 1)
-    span = stamps[-1] - stamps[first - 1]
-    result = {"cameras": len(videos), "frames": frames, "expected_frames": expected,
-              "frames_per_s": (len(stamps) - first) / span, "seconds": span,
+    result = {"cameras": len(videos), **classified_rate(msgs, args.batch_size), "expected_frames": expected,
               "sizes": sorted({v.stem.split("_")[1] for v in videos})}
     if viewed is not None:
         if not viewed["stream_bytes"] or not viewed["pictures"]:

@@ -29,6 +29,7 @@ from tests.conftest import REPO, base_config, daemon_env, wait_until, write_conf
 from tests.servers import MosquittoBroker, MqttCollector, free_port, make_video, read_retained
 
 UNIT = REPO / "systemd" / "streamclf.service"
+SERVE_UNIT = REPO / "systemd" / "streamclf-serve.service"  # streamclf serve: the model on Triton
 
 
 # --------------------------------------------------------------------------- helpers
@@ -279,10 +280,11 @@ def test_reload_plan(changes, expected):
 # --------------------------------------------------------------------------- the unit file
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_unit_file_verifies(tmp_path):
+@pytest.mark.parametrize("path", [UNIT, SERVE_UNIT], ids=lambda p: p.name)
+def test_unit_file_verifies(tmp_path, path):
     # verify checks that ExecStart= exists; point it at an executable that does.
-    text = UNIT.read_text().replace("/opt/streamclf/.venv/bin/streamclf", shutil.which("true"))
-    unit = tmp_path / "streamclf.service"
+    text = path.read_text().replace("/opt/streamclf/.venv/bin/streamclf", shutil.which("true"))
+    unit = tmp_path / path.name
     unit.write_text(text)
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60)
     problems = [line for line in (r.stdout + r.stderr).splitlines() if "streamclf" in line]
@@ -292,6 +294,49 @@ def test_unit_file_verifies(tmp_path):
 def _systemd_version() -> int:
     out = subprocess.run(["systemd-analyze", "--version"], capture_output=True, text=True, timeout=30).stdout
     return int(out.split()[1]) if out.startswith("systemd ") else 0
+
+
+def _unit_settings(path) -> dict[str, list[str]]:
+    """Each active ``Key=`` of a unit file and its values, in order (comments and sections left out)."""
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith(("#", ";", "[")):
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_serve_unit_runs_streamclf_serve_as_a_notify_service():
+    from streamclf.cli import _parser
+
+    unit = _unit_settings(SERVE_UNIT)
+    (exec_start,) = unit["ExecStart"]
+    program, *argv = exec_start.split()
+    assert program == "/opt/streamclf/.venv/bin/streamclf"
+    args = _parser().parse_args(argv)
+    assert args.command == "serve" and args.config == "/etc/streamclf/serve.yaml"
+    # What streamclf serve relies on: sd_notify from the main process, PyTriton's workspace under
+    # $RUNTIME_DIRECTORY (and executable there: tritonserver runs from its copy), the GPU's devices.
+    assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"] and unit["WatchdogSec"] == ["60"]
+    assert unit["Restart"] == ["on-failure"]
+    assert unit["RuntimeDirectory"] == ["streamclf-serve"] and unit["ExecPaths"] == ["/run/streamclf-serve"]
+    assert {"char-nvidia-frontend rw", "char-nvidia-uvm rw"} <= set(unit["DeviceAllow"])
+    # The same hardening as the daemon's unit, line for line, but for the devices a server does not open.
+    daemon = _unit_settings(UNIT)
+    for key in ("NoNewPrivileges", "CapabilityBoundingSet", "ProtectSystem", "ProtectHome", "PrivateTmp",
+                "RestrictAddressFamilies", "SystemCallFilter", "DevicePolicy", "DynamicUser", "UMask"):
+        assert unit[key] == daemon[key], key
+
+
+def test_the_serve_config_in_docs_service_md_loads(tmp_path):
+    from streamclf.config import load_serve_config
+
+    text = (REPO / "docs" / "service.md").read_text()
+    block = text.split("# /etc/streamclf/serve.yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "serve.yaml"
+    path.write_text(block)
+    cfg = load_serve_config(path)
+    assert cfg.model.device == "cuda" and cfg.serve.grpc_port == 8001
 
 
 def test_unit_starts_without_a_password_file():
@@ -543,13 +588,14 @@ def test_sighup_applies_a_changed_config_and_rejects_an_invalid_one(tmp_path, br
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_unit_file_security_exposure_stays_low(tmp_path):
-    unit = tmp_path / "streamclf.service"
-    unit.write_text(UNIT.read_text().replace("/opt/streamclf/.venv/bin/streamclf", shutil.which("true")))
+@pytest.mark.parametrize("path", [UNIT, SERVE_UNIT], ids=lambda p: p.name)
+def test_unit_file_security_exposure_stays_low(tmp_path, path):
+    unit = tmp_path / path.name
+    unit.write_text(path.read_text().replace("/opt/streamclf/.venv/bin/streamclf", shutil.which("true")))
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20", "--no-pager", str(unit)],
                        capture_output=True, text=True, timeout=60)
     if "--offline" in r.stderr and "unrecognized" in r.stderr:
         pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
     # Exposure is 0..10 (the threshold 0..100): 2.0 or less is systemd's "OK" band.
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr
-    assert "Overall exposure level for streamclf.service" in r.stdout
+    assert f"Overall exposure level for {path.name}" in r.stdout

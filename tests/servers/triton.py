@@ -19,12 +19,13 @@ REPO = Path(__file__).resolve().parent.parent.parent
 class TritonServe:
     """``python -m streamclf serve`` on free ports; ``start``/``kill``/``restart`` keep the same ports."""
 
-    def __init__(self, model_dir: Path, work: Path, **serve: object):
+    def __init__(self, model_dir: Path, work: Path, model: dict | None = None, **serve: object):
+        """``model``: keys of the config's model section over the tests' (CPU, fp32); ``serve``: its serve section's."""
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         cfg = {
-            "model": {"name": str(model_dir), "device": "cpu", "precision": "fp32"},
+            "model": {"name": str(model_dir), "device": "cpu", "precision": "fp32", **(model or {})},
             "serve": {"address": "127.0.0.1", "grpc_port": self.grpc_port, "http_port": self.http_port,
                       "metrics_port": self.metrics_port, "max_batch_size": 8, "max_queue_delay_us": 1000, **serve},
         }
