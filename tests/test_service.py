@@ -316,10 +316,10 @@ def test_serve_unit_runs_streamclf_serve_as_a_notify_service():
     args = _parser().parse_args(argv)
     assert args.command == "serve" and args.config == "/etc/streamclf/serve.yaml"
     # What streamclf serve relies on: sd_notify from the main process, PyTriton's workspace under
-    # $RUNTIME_DIRECTORY (and executable there: tritonserver runs from its copy), the GPU's devices.
+    # $CACHE_DIRECTORY (not /run, which is noexec: tritonserver runs from its copy), the GPU's devices.
     assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"] and unit["WatchdogSec"] == ["60"]
     assert unit["Restart"] == ["on-failure"]
-    assert unit["RuntimeDirectory"] == ["streamclf-serve"] and unit["ExecPaths"] == ["/run/streamclf-serve"]
+    assert unit["CacheDirectory"] == ["streamclf"] and "RuntimeDirectory" not in unit
     assert {"char-nvidia-frontend rw", "char-nvidia-uvm rw"} <= set(unit["DeviceAllow"])
     # The same hardening as the daemon's unit, line for line, but for the devices a server does not open.
     daemon = _unit_settings(UNIT)

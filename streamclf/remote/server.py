@@ -95,7 +95,10 @@ class ModelServer:
         s = self.cfg.serve
         use_own_libpython()
         # PyTriton's default workspace is under ~/.cache, which a systemd service may not write to (ProtectHome).
-        self._workspace = tempfile.mkdtemp(prefix="streamclf-serve-", dir=os.environ.get("RUNTIME_DIRECTORY"))
+        # It copies tritonserver there and runs it from the copy, so not under /run, which distributions
+        # mount noexec: systemd's CacheDirectory (/var/cache/...) when there is one, else the temporary directory.
+        cache = os.environ.get("CACHE_DIRECTORY", "").split(":")[0] or None
+        self._workspace = tempfile.mkdtemp(prefix="streamclf-serve-", dir=cache)
         config = TritonConfig(grpc_address=s.address, grpc_port=s.grpc_port, http_address=s.address,
                               http_port=s.http_port, metrics_address=s.address, metrics_port=s.metrics_port,
                               exit_on_error=True)
