@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("evaluate", "score the config's labels on labelled footage and suggest thresholds"),
                             ("serve", "serve the model to nodes on NVIDIA Triton (a config with model: and serve:)")):
         s = sub.add_parser(name, help=help_text)
-        s.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
+        default = "serve.yaml" if name == "serve" else "config.yaml"
+        s.add_argument("-c", "--config", default=default, help=f"config file (default: {default})")
         s.add_argument("--log-level", default=os.environ.get("STREAMCLF_LOG_LEVEL",
                                                              "WARNING" if name == "evaluate" else "INFO"))
         s.add_argument("--log-format", choices=("text", "json"), default="text")
