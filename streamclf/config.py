@@ -266,11 +266,7 @@ class MqttConfig(_Model):
     @field_validator("tls_ca_certs", "tls_client_cert", "tls_client_key")
     @classmethod
     def _tls_path(cls, v: str | None) -> str | None:
-        if v is not None:
-            _check_text(v)
-            if not os.path.isabs(v):
-                raise ValueError("must be an absolute path (the daemon's working directory is not the config's)")
-        return v
+        return _absolute_path(v)
 
     @model_validator(mode="after")
     def _one_password(self) -> "MqttConfig":
@@ -290,31 +286,8 @@ class MqttConfig(_Model):
         return self.tls or self.tls_ca_certs is not None or self.tls_client_cert is not None
 
     def tls_file_problems(self) -> list[tuple[tuple, str]]:
-        """What is wrong with the TLS files (unreadable, not PEM, key and certificate apart), by key path.
-
-        Reads the files as the daemon will at connect time. Messages never quote a file's content.
-        """
-        problems: list[tuple[tuple, str]] = []
-        for key in ("tls_ca_certs", "tls_client_cert", "tls_client_key"):
-            path = getattr(self, key)
-            if path is None:
-                continue
-            try:
-                text = Path(path).read_text(encoding="ascii")
-            except (OSError, UnicodeDecodeError) as exc:
-                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a PEM (text) file"
-                problems.append((("mqtt", key), f"cannot read {path}: {why}"))
-                continue
-            marker = "PRIVATE KEY-----" if key == "tls_client_key" else "-----BEGIN CERTIFICATE-----"
-            if marker not in text:
-                what = "a PEM private key" if key == "tls_client_key" else "a PEM certificate"
-                problems.append((("mqtt", key), f"{path} holds no {what}"))
-            elif key == "tls_client_key" and "ENCRYPTED" in text:
-                problems.append((("mqtt", key), f"{path} is encrypted; the daemon needs an unencrypted key "
-                                 "(readable only by its user)"))
-        if problems:
-            return problems
-        return _tls_context_problems(self.tls_ca_certs, self.tls_client_cert, self.tls_client_key)
+        """What is wrong with the TLS files (unreadable, not PEM, key and certificate apart), by key path."""
+        return tls_file_problems(("mqtt",), self.tls_ca_certs, self.tls_client_cert, self.tls_client_key)
 
     @property
     def effective_client_id(self) -> str:
@@ -353,25 +326,60 @@ class MqttConfig(_Model):
         return password
 
 
+def tls_file_problems(section: tuple, ca: str | None, cert: str | None, key: str | None,
+                      names: tuple[str, str, str] = ("tls_ca_certs", "tls_client_cert", "tls_client_key"),
+                      ) -> list[tuple[tuple, str]]:
+    """What is wrong with a CA file and a certificate with its key (unreadable, not PEM, apart), by key path
+    under ``section``; ``names`` are the three keys. Reads the files as the daemon will when it connects.
+    Messages never quote a file's content."""
+    problems: list[tuple[tuple, str]] = []
+    for name, path, kind in zip(names, (ca, cert, key), ("ca", "cert", "key"), strict=True):
+        if path is None:
+            continue
+        try:
+            text = Path(path).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a PEM (text) file"
+            problems.append(((*section, name), f"cannot read {path}: {why}"))
+            continue
+        marker = "PRIVATE KEY-----" if kind == "key" else "-----BEGIN CERTIFICATE-----"
+        if marker not in text:
+            what = "a PEM private key" if kind == "key" else "a PEM certificate"
+            problems.append(((*section, name), f"{path} holds no {what}"))
+        elif kind == "key" and "ENCRYPTED" in text:
+            problems.append(((*section, name), f"{path} is encrypted; the daemon needs an unencrypted key "
+                             "(readable only by its user)"))
+    return problems or _tls_context_problems(section, names, ca, cert, key)
+
+
 def _refuse_password() -> str:
     raise ValueError("the key is encrypted")
 
 
-def _tls_context_problems(ca: str | None, cert: str | None, key: str | None) -> list[tuple[tuple, str]]:
-    """Load the TLS files into an SSL context, as paho will; problems by key path."""
+def _tls_context_problems(section: tuple, names: tuple[str, str, str], ca: str | None, cert: str | None,
+                          key: str | None) -> list[tuple[tuple, str]]:
+    """Load the TLS files into an SSL context, as paho and gRPC will; problems by key path."""
     ctx = ssl.create_default_context()
     if ca is not None:
         try:
             ctx.load_verify_locations(cafile=ca)
         except ssl.SSLError as exc:
-            return [(("mqtt", "tls_ca_certs"), f"{ca} is not a usable PEM CA file ({exc.reason or exc})")]
+            return [((*section, names[0]), f"{ca} is not a usable PEM CA file ({exc.reason or exc})")]
     if cert is not None and key is not None:
         try:
             ctx.load_cert_chain(cert, key, password=_refuse_password)
         except (ssl.SSLError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
-            return [(("mqtt", "tls_client_key"), f"{key} and {cert} cannot be used together ({reason})")]
+            return [((*section, names[2]), f"{key} and {cert} cannot be used together ({reason})")]
     return []
+
+
+def _absolute_path(v: str | None) -> str | None:
+    if v is not None:
+        _check_text(v)
+        if not os.path.isabs(v):
+            raise ValueError("must be an absolute path (the daemon's working directory is not the config's)")
+    return v
 
 
 _TRITON_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -388,6 +396,18 @@ class TritonClientConfig(_Model):
     retry_max_s: float = Field(
         30, ge=1, le=3600, description="Longest wait between reconnect attempts, seconds (1..3600); the wait "
         "doubles from 1 s up to this."
+    )
+    tls: bool = Field(
+        False, description="gRPC over TLS, trusting the system's CA store (implied by tls_ca_certs or a client cert)."
+    )
+    tls_ca_certs: str | None = Field(
+        None, description="Absolute path of a PEM file of the CA certificate(s) that signed the server's; turns TLS on."
+    )
+    tls_client_cert: str | None = Field(
+        None, description="Absolute path of a PEM client certificate, for servers that require one (with the key)."
+    )
+    tls_client_key: str | None = Field(
+        None, description="Absolute path of the unencrypted PEM private key of tls_client_cert."
     )
 
     @field_validator("url")
@@ -406,6 +426,24 @@ class TritonClientConfig(_Model):
         if not _TRITON_PREFIX.fullmatch(v):
             raise ValueError("must be 1 to 64 of A-Z a-z 0-9 _ -")
         return v
+
+    @field_validator("tls_ca_certs", "tls_client_cert", "tls_client_key")
+    @classmethod
+    def _tls_path(cls, v: str | None) -> str | None:
+        return _absolute_path(v)
+
+    @model_validator(mode="after")
+    def _pair(self) -> "TritonClientConfig":
+        if (self.tls_client_cert is None) != (self.tls_client_key is None):
+            raise ValueError("set tls_client_cert and tls_client_key together (mutual TLS), or neither")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls or self.tls_ca_certs is not None or self.tls_client_cert is not None
+
+    def tls_file_problems(self) -> list[tuple[tuple, str]]:
+        return tls_file_problems(("model", "triton"), self.tls_ca_certs, self.tls_client_cert, self.tls_client_key)
 
 
 class ModelConfig(_Model):
@@ -1113,6 +1151,18 @@ class ServeSettings(_Model):
     instances: int = Field(
         1, ge=1, le=16, description="Model instances Triton runs at once (each its own copy of the image model)."
     )
+    tls_cert: str | None = Field(
+        None, description="Absolute path of the PEM certificate gRPC serves over TLS (with tls_key); off without."
+    )
+    tls_key: str | None = Field(None, description="Absolute path of the unencrypted PEM private key of tls_cert.")
+    tls_client_ca: str | None = Field(
+        None, description="Absolute path of a PEM CA file: nodes must then present a certificate it signed."
+    )
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca")
+    @classmethod
+    def _tls_path(cls, v: str | None) -> str | None:
+        return _absolute_path(v)
 
     @field_validator("address")
     @classmethod
@@ -1128,7 +1178,15 @@ class ServeSettings(_Model):
                              f"({self.max_batch_size})")
         if len({self.grpc_port, self.http_port, self.metrics_port}) < 3:
             raise ValueError("serve.grpc_port, http_port and metrics_port must differ")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set serve.tls_cert and serve.tls_key together, or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("serve.tls_client_ca needs TLS: set serve.tls_cert and serve.tls_key")
         return self
+
+    def tls_file_problems(self) -> list[tuple[tuple, str]]:
+        return tls_file_problems(("serve",), self.tls_client_ca, self.tls_cert, self.tls_key,
+                                 names=("tls_client_ca", "tls_cert", "tls_key"))
 
 
 class ServeConfig(_Model):
@@ -1230,6 +1288,8 @@ def validate_config(
         except ValueError as exc:
             problems.append(_problem(("mqtt", "password_credential"), str(exc), lines))
         problems += [_problem(loc, msg, lines) for loc, msg in cfg.mqtt.tls_file_problems()]
+        if cfg.model.backend == "triton":
+            problems += [_problem(loc, msg, lines) for loc, msg in cfg.model.triton.tls_file_problems()]
     if problems:
         raise ConfigError(source, problems)
     return cfg
@@ -1347,6 +1407,7 @@ def load_serve_config(path: str | Path, env: dict | None = None) -> ServeConfig:
     problems = list(reader.problems)
     try:
         cfg = ServeConfig.model_validate(data)
+        problems += [_problem(loc, msg, reader.lines) for loc, msg in cfg.serve.tls_file_problems()]
     except ValidationError as exc:
         problems += validation_problems(exc, reader.lines, reader.from_env)
     if problems:

@@ -322,3 +322,62 @@ def test_two_nodes_share_one_server_and_one_broker_each_with_its_own_topics(serv
         d.signal(signal.SIGTERM)
         assert d.wait(30) == 0, d.output[-3000:]
         assert "Traceback" not in d.output and "conflict" not in d.output.lower()
+
+
+def test_grpc_over_mutual_tls(tiny_clip_dir, tmp_path):
+    """Frames cross buildings: with serve.tls_* a node needs the CA and its own certificate, and
+    Triton's plain-HTTP endpoint answers on loopback only."""
+    from streamclf.remote.client import TritonClassifier
+    from tests.servers.tls import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    serve = TritonServe(tiny_clip_dir, tmp_path / "triton", tls=tls, address="0.0.0.0").start()
+    try:
+        url = f"localhost:{serve.grpc_port}"  # the certificate names localhost and 127.0.0.1
+        node = TritonClassifier(ModelConfig.model_validate(_node_model(
+            url, tls_ca_certs=str(tls.ca), tls_client_cert=str(tls.client_cert), tls_client_key=str(tls.client_key))))
+        labels = node.encode_labels({"a": ["a red object"], "b": ["a blue object"]})
+        scores = node.score(node.embed_images([np.zeros((64, 64, 3), np.uint8)], bgr=True), labels, [["a", "b"]])
+        assert abs(sum(scores[0].values()) - 1) < 1e-5 and node.backend_status().connected
+
+        plain = TritonClassifier(ModelConfig.model_validate(_node_model(url)))
+        no_cert = TritonClassifier(ModelConfig.model_validate(_node_model(url, tls_ca_certs=str(tls.ca))))
+        for refused in (plain, no_cert):  # not fatal at start (a server may come later), but never connected
+            status = refused.backend_status()
+            assert not status.connected and status.last_error, status
+            with pytest.raises(InferenceUnavailable):
+                refused.embed_images([np.zeros((64, 64, 3), np.uint8)], bgr=True)
+        assert _listening(serve.http_port) == {"127.0.0.1"}
+        grpc = _listening(serve.grpc_port)
+        assert grpc and grpc <= {"*", "0.0.0.0", "[::]"}  # every address, as serve.address says
+    finally:
+        assert serve.stop() == 0, serve.output[-3000:]
+
+
+def _listening(port: int) -> set[str]:
+    """The addresses a TCP port is bound to, as ``ss`` lists them."""
+    import subprocess
+
+    listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    return {line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines()}
+
+
+def test_tls_files_of_a_node_are_checked_with_the_config(tmp_path):
+    from streamclf.config import ConfigError, parse_config
+
+    text = f"""
+model:
+  backend: triton
+  triton:
+    url: gpu-box:8001
+    tls_ca_certs: {tmp_path}/missing-ca.pem
+labels:
+  a: {{prompts: [x]}}
+  b: {{prompts: [y]}}
+cameras:
+  c: {{source: /dev/null}}
+"""
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, env={})
+    assert "model.triton.tls_ca_certs" in str(err.value) and "missing-ca.pem" in str(err.value)
+    assert "line 6" in str(err.value)

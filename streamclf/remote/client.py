@@ -26,7 +26,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from streamclf.backend import BackendStatus, InferenceUnavailable, ModelLoadError
-from streamclf.config import LabelExamples, ModelConfig
+from streamclf.config import LabelExamples, ModelConfig, TritonClientConfig
 from streamclf.remote import protocol as p
 from streamclf.remote.pixels import prepare_frame
 from streamclf.scoring import LabelSet, ScoreRule, example_mean, label_embeddings
@@ -46,10 +46,10 @@ def _brief(exc: BaseException) -> str:
 class _Connection:
     """The gRPC client, whether it is up, and when to try again; the one owner of those facts."""
 
-    def __init__(self, url: str, timeout_s: float, retry_max_s: float, check: Callable[[Any], p.ServerInfo]):
-        self.url = url
-        self.timeout_s = timeout_s
-        self.retry_max_s = retry_max_s
+    def __init__(self, cfg: TritonClientConfig, check: Callable[[Any], p.ServerInfo]):
+        self.cfg = cfg
+        self.url = cfg.url
+        self.retry_max_s = cfg.retry_max_s
         self._check = check  # connects' check of the server's models -> its ServerInfo
         self._lock = threading.Lock()
         self._client: Any = None
@@ -65,6 +65,14 @@ class _Connection:
     def connected(self) -> bool:
         return self._client is not None
 
+    def _new_client(self) -> Any:
+        """A gRPC client of the server: over TLS when model.triton says so (grpc checks the server's name)."""
+        cfg = self.cfg
+        if not cfg.tls_enabled:
+            return grpcclient.InferenceServerClient(cfg.url)
+        return grpcclient.InferenceServerClient(cfg.url, ssl=True, root_certificates=cfg.tls_ca_certs,
+                                                private_key=cfg.tls_client_key, certificate_chain=cfg.tls_client_cert)
+
     def client(self) -> tuple[Any, p.ServerInfo]:
         """The connected client and its server's info; connects first when the backoff allows.
 
@@ -78,7 +86,11 @@ class _Connection:
             if now < self._next_attempt:
                 raise InferenceUnavailable(f"Triton server {self.url}: {self.last_error} "
                                            f"(next attempt in {self._next_attempt - now:.0f} s)")
-            client = grpcclient.InferenceServerClient(self.url)
+            try:
+                client = self._new_client()
+            except OSError as exc:  # a TLS file unreadable since the config was checked
+                self.last_error = f"cannot read a TLS file: {exc.strerror or exc}"
+                raise InferenceUnavailable(f"Triton server {self.url}: {self.last_error}") from None
             try:
                 info = self._check(client)
             except (InferenceServerException, OSError) as exc:
@@ -133,7 +145,7 @@ class TritonClassifier:
         self.device = f"triton {cfg.triton.url}"
         self._names = {w: p.model_name(cfg.triton.model_prefix, w) for w in (p.IMAGE, p.TEXT, p.INFO)}
         self._first_info: p.ServerInfo | None = None
-        self._conn = _Connection(cfg.triton.url, cfg.triton.timeout_s, cfg.triton.retry_max_s, self._check_server)
+        self._conn = _Connection(cfg.triton, self._check_server)
         self._prepare: Callable[[np.ndarray], np.ndarray] | None = None
         self.score_rule: ScoreRule | None = None
         try:

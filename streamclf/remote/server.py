@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamclf.config import ServeConfig
+from streamclf.config import ServeConfig, ServeSettings
 from streamclf.remote import protocol as p
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,19 @@ def use_own_libpython(env: dict[str, str] | os._Environ = os.environ) -> None:
     paths = [d for d in env.get("LD_LIBRARY_PATH", "").split(":") if d]
     if not paths or paths[0] != libdir:
         env["LD_LIBRARY_PATH"] = ":".join([libdir, *[d for d in paths if d != libdir]])
+
+
+def _grpc_tls(s: ServeSettings) -> dict:
+    """TritonConfig's gRPC TLS settings. With TLS, Triton's HTTP endpoint listens on loopback only: it has
+    no TLS of its own and would carry the same frames in the clear, and PyTriton itself manages the
+    server through it."""
+    if s.tls_cert is None:
+        return {}
+    tls = {"grpc_use_ssl": True, "grpc_server_cert": Path(s.tls_cert), "grpc_server_key": Path(s.tls_key or ""),
+           "http_address": "127.0.0.1"}
+    if s.tls_client_ca is not None:
+        tls.update(grpc_use_ssl_mutual=True, grpc_root_cert=Path(s.tls_client_ca))
+    return tls
 
 
 def server_info(classifier, max_batch_size: int) -> p.ServerInfo:
@@ -99,9 +112,10 @@ class ModelServer:
         # mount noexec: systemd's CacheDirectory (/var/cache/...) when there is one, else the temporary directory.
         cache = os.environ.get("CACHE_DIRECTORY", "").split(":")[0] or None
         self._workspace = tempfile.mkdtemp(prefix="streamclf-serve-", dir=cache)
-        config = TritonConfig(grpc_address=s.address, grpc_port=s.grpc_port, http_address=s.address,
-                              http_port=s.http_port, metrics_address=s.address, metrics_port=s.metrics_port,
-                              exit_on_error=True)
+        settings = {"grpc_address": s.address, "grpc_port": s.grpc_port, "http_address": s.address,
+                    "http_port": s.http_port, "metrics_address": s.address, "metrics_port": s.metrics_port,
+                    "exit_on_error": True}
+        config = TritonConfig(**{**settings, **_grpc_tls(s)})
         triton = Triton(config=config, workspace=Path(self._workspace) / "pytriton")
         spec, dim, prefix = self.info.preprocess, self.info.embedding_dim, self.cfg.model.triton.model_prefix
         batcher = DynamicBatcher(max_queue_delay_microseconds=s.max_queue_delay_us,

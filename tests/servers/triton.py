@@ -19,9 +19,14 @@ REPO = Path(__file__).resolve().parent.parent.parent
 class TritonServe:
     """``python -m streamclf serve`` on free ports; ``start``/``kill``/``restart`` keep the same ports."""
 
-    def __init__(self, model_dir: Path, work: Path, model: dict | None = None, **serve: object):
-        """``model``: keys of the config's model section over the tests' (CPU, fp32); ``serve``: its serve section's."""
+    def __init__(self, model_dir: Path, work: Path, model: dict | None = None, tls=None, **serve: object):
+        """``model``: keys of the config's model section over the tests' (CPU, fp32); ``serve``: its serve section's.
+        ``tls``: a ``tests.servers.tls.TlsFiles``: gRPC over TLS, and clients must show a certificate it signed."""
         self.work = work
+        self.tls = tls
+        if tls is not None:
+            serve = {"tls_cert": str(tls.server_cert), "tls_key": str(tls.server_key),
+                     "tls_client_ca": str(tls.ca), **serve}
         work.mkdir(parents=True, exist_ok=True)
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         cfg = {
@@ -53,18 +58,20 @@ class TritonServe:
         self.proc = subprocess.Popen([sys.executable, "-m", "streamclf", "serve", "-c", str(self.config)],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=str(REPO), start_new_session=True)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except AssertionError:
+            self.kill()
+            raise
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        import tritonclient.grpc as grpcclient
-
         deadline = time.monotonic() + timeout
         while True:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"streamclf serve exited {self.proc.returncode}:\n{self.output[-4000:]}")
             try:
-                with grpcclient.InferenceServerClient(self.url) as c:
+                with self.client() as c:
                     if c.is_server_ready(client_timeout=2) and c.is_model_ready("streamclf_info", client_timeout=2):
                         return
             except Exception:  # not up yet
@@ -72,6 +79,16 @@ class TritonServe:
             if time.monotonic() > deadline:
                 raise AssertionError(f"streamclf serve not ready after {timeout}s:\n{self.output[-4000:]}")
             time.sleep(0.3)
+
+    def client(self):
+        """A Triton gRPC client of this server (with the test CA and client certificate under TLS)."""
+        import tritonclient.grpc as grpcclient
+
+        if self.tls is None:
+            return grpcclient.InferenceServerClient(self.url)
+        return grpcclient.InferenceServerClient(self.url, ssl=True, root_certificates=str(self.tls.ca),
+                                                private_key=str(self.tls.client_key),
+                                                certificate_chain=str(self.tls.client_cert))
 
     @property
     def output(self) -> str:
