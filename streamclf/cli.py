@@ -52,11 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str):
-    from streamclf.config import ConfigError, load_config
+def _load(path: str, serve: bool = False):
+    """The config at ``path`` (a daemon's, or with ``serve`` the server's); None, with every problem
+    printed, when it is invalid."""
+    from streamclf.config import ConfigError, load_config, load_serve_config
 
     try:
-        return load_config(path)
+        return load_serve_config(path) if serve else load_config(path)
     except ConfigError as exc:
         print(f"{exc.source}: invalid config", file=sys.stderr)
         for problem in exc.problems:
@@ -64,7 +66,25 @@ def _load(path: str):
         return None
 
 
+def _is_serve_config(path: str) -> bool:
+    """A config with a ``serve:`` section and no cameras is ``streamclf serve``'s."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # the daemon's loader reports it, with the line
+    return isinstance(data, dict) and "serve" in data and "cameras" not in data
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    if _is_serve_config(args.config):
+        served = _load(args.config, serve=True)
+        if served is None:
+            return 1
+        print(f"{args.config}: ok (streamclf serve: {served.model.name}, gRPC port {served.serve.grpc_port})")
+        return 0
     cfg = _load(args.config)
     if cfg is None:
         return 1
@@ -159,15 +179,10 @@ def cmd_evaluate(args: argparse.Namespace, make_classifier: ClassifierFactory = 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig | None:
     """Logging set up and the config of ``serve`` or ``export`` read; None (reported) when it is invalid."""
-    from streamclf.config import ConfigError, load_serve_config
     from streamclf.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
-    try:
-        return load_serve_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return None
+    return _load(args.config, serve=True)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -96,6 +96,20 @@ def test_check_config_cli_exit_codes(tmp_path, capsys, monkeypatch):
     assert "cannot read the file" in capsys.readouterr().err
 
 
+def test_check_config_knows_a_serve_config_and_names_its_keys_and_lines(tmp_path, capsys):
+    serve = tmp_path / "serve.yaml"
+    serve.write_text("model:\n  name: /models/clip\nserve:\n  grpc_port: 9001\n  preferred_batch_sizes: [8, 16]\n")
+    assert main(["check-config", "-c", str(serve)]) == 0
+    assert "streamclf serve: /models/clip, gRPC port 9001" in capsys.readouterr().out
+    serve.write_text("model:\n  name: /models/clip\nserve:\n  grpc_port: 70000\n  tls_cert: rel.pem\n"
+                     f"  tls_key: {tmp_path}/missing.key\n  cameras_here: 1\n")
+    assert main(["check-config", "-c", str(serve)]) == 1
+    err = capsys.readouterr().err
+    assert "line 4: serve.grpc_port: Input should be less than or equal to 65535" in err
+    assert "line 5: serve.tls_cert: must be an absolute path" in err
+    assert "line 7: serve.cameras_here: unknown key" in err
+
+
 def test_check_config_as_a_process_and_shipped_config_is_valid():
     """The shipped config.yaml validates, through ``python -m streamclf`` like a user runs it."""
     out = subprocess.run(
