@@ -1042,6 +1042,12 @@ class Config(_Model):
             # <prefix>/nodes/<node> is a node's claim: a camera's topics there would read as one.
             problems.append((("cameras", NODES_TOPIC_LEVEL), f"with mqtt.node_id set, {NODES_TOPIC_LEVEL!r} "
                              "is the nodes' topic level; rename the camera"))
+        triton = self.model.triton
+        if self.model.backend == "triton" and triton.timeout_s >= self.service.stall_timeout_s:
+            # A hung server holds each batch for timeout_s; the watchdog must not take that for a hung
+            # pipeline and restart the node in a loop, since a restart cannot bring the server back.
+            problems.append((("model", "triton", "timeout_s"), f"{triton.timeout_s:g} s must be below "
+                             f"service.stall_timeout_s ({self.service.stall_timeout_s:g} s)"))
         return problems
 
     def problems(self) -> list[ConfigProblem]:

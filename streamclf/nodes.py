@@ -20,7 +20,8 @@ even for a moment. Cleanup waits for that moment too (``OwnedRetainedTopics``): 
 camera another node holds is never a leftover. A claim stays retained when its node stops (a node
 under maintenance keeps its cameras and entities); ``<prefix>/nodes/<node>/available`` says whether
 it runs. An operator retires a node for good by publishing an empty retained message on its claim
-topic.
+topic. Two processes given one node id write one claim topic: once settled, a claim there that this
+process never sent is logged as an error and judged as another node's.
 
 The publisher asks ``allows(topic)`` before it sends anything; a withheld retained state is still
 remembered by the publisher, and sent once the camera is held.
@@ -115,6 +116,7 @@ class NodeOwnership:
         started = time.time() if now is None else now
         self._lock = threading.Lock()  # claims and listeners; the holdings are swapped whole under it
         self._mine = NodeClaim(node, {c: started for c in cameras}, started)
+        self._sent = {self._mine.payload()}  # every claim this process published: their echoes are ours
         self._others: dict[str, NodeClaim] = {}
         self._bad_claims: set[bytes] = set()  # unreadable claim payloads already logged
         self._holdings = Holdings(mine=frozenset(self._mine.cameras))
@@ -142,6 +144,7 @@ class NodeOwnership:
             old = self._mine.cameras
             self._mine = NodeClaim(self.node, {c: old.get(c, now) for c in cameras}, self._mine.since)
             payload = self._mine.payload()
+            self._sent.add(payload)
         self._publisher.set_retained(self.claim_topic, payload)
         self._update()
 
@@ -199,7 +202,11 @@ class NodeOwnership:
             # (Our claim of an earlier run, retained, differs in its since and is not taken for the echo.)
             if payload == self._mine.payload() and not self._holdings.settled:
                 self._update(settle=True)
-            return
+            if not self._holdings.settled or payload in self._sent:
+                return
+            # Settled, and a claim on our topic we never sent: another process runs with this node id.
+            # Judged as another node's claim, so that neither deletes the other's topics as leftovers.
+            node = self._twin(node, payload)
         with self._lock:
             if not payload:
                 gone = self._others.pop(node, None)
@@ -214,6 +221,14 @@ class NodeOwnership:
                         log.warning("nodes: ignoring the claim on %s: %s", topic, exc)
                     return
         self._update()
+
+    def _twin(self, node: str, payload: bytes) -> str:
+        """The name another process's claims on our topic go by (logged once)."""
+        twin = f"{node} (another process)"
+        if twin not in self._others and payload:
+            log.error("nodes: another process publishes claims as node %s on %s: two daemons share mqtt.node_id; "
+                      "give each its own", node, self.claim_topic)
+        return twin
 
     # -- deciding ---------------------------------------------------------------------------
 

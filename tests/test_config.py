@@ -244,3 +244,16 @@ def test_the_password_is_not_in_the_config_repr():
     )
     assert cfg.mqtt.password == SECRET
     assert SECRET not in repr(cfg) and SECRET not in str(cfg.mqtt)
+
+
+def test_a_triton_request_may_not_outlast_the_stall_timeout():
+    """A hung server makes each batch wait timeout_s: past stall_timeout_s the watchdog would restart the node
+    in a loop, though a restart cannot bring the server back (service/runtime.py's health)."""
+    triton = "model: {backend: triton, triton: {url: 'gpu:8001', timeout_s: 60}}\n"
+    base = "labels: {person: {}, empty: {background: true}}\ncameras: {front: {source: front.mp4}}\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(base + triton)
+    assert [p.path for p in err.value.problems] == ["model.triton.timeout_s"]
+    assert "service.stall_timeout_s" in err.value.problems[0].message
+    parse_config(base + triton + "service: {stall_timeout_s: 120}\n")
+    parse_config(base + triton.replace("triton, ", "local, "))  # a local model does not wait on a server

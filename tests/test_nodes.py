@@ -125,6 +125,24 @@ def test_a_camera_another_node_claimed_first_is_withheld_reported_and_taken_over
     assert own.holdings.held == {"x", "y"} and not own.holdings.elsewhere
 
 
+def test_a_second_process_with_our_node_id_is_reported_and_its_cameras_spared(caplog):
+    """Two daemons given one mqtt.node_id write one claim topic: each must see the other's claim, not take it
+    for an old one of its own, or its cleanup deletes the other's camera topics as leftovers."""
+    own, pub = _node(cameras=("x",), started=100.0)
+    owned = OwnedRetainedTopics(pub, "p/+/enabled/state", lambda t, p: camera_level("p", t), own)
+    owned.start()
+    _settle(own, pub)
+    own.claim(["x", "z"], now=200.0)  # our own earlier payload may still come back: it is ours, not another's
+    pub.subscriptions["p/nodes/+"]("p/nodes/me", NodeClaim("me", {"x": 100.0}, 100.0).payload())
+    assert "another process" not in caplog.text
+    pub.claim_from("me", {"y": 150.0, "x": 160.0}, since=150.0)  # the twin's claim overwrites ours
+    assert "another process" in caplog.text and "node_id" in caplog.text
+    assert own.claimed_elsewhere("y") and own.holdings.held == {"x", "z"}
+    pub.retained["p/y/enabled/state"] = b"ON"
+    pub.subscriptions["p/+/enabled/state"]("p/y/enabled/state", b"ON")
+    assert owned.removed_stale == 0 and pub.retained["p/y/enabled/state"] == b"ON"
+
+
 def test_a_reload_keeps_the_since_of_cameras_already_claimed():
     own, pub = _node(cameras=("x",), started=100.0)
     _settle(own, pub)

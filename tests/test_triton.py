@@ -200,7 +200,8 @@ def _scrape(port: int) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def odd_server(tmp_path_factory):
-    """One Triton with two model sets: ``wrong_*`` (FP32 pixels) and ``slow_*`` (answers after 2 s)."""
+    """One Triton with three model sets: ``wrong_*`` (FP32 pixels), ``slow_*`` (answers after 2 s) and
+    ``short_*`` (its image model answers with other shapes than it declares)."""
     from pytriton.decorators import batch
     from pytriton.model_config import ModelConfig as TritonModelConfig
     from pytriton.model_config import Tensor
@@ -213,7 +214,8 @@ def odd_server(tmp_path_factory):
 
     @batch
     def info_fn(protocol):
-        return {p.INFO_OUTPUT: np.array([[info]] * len(protocol), dtype=np.object_)}
+        answer = np.array([[info]] * len(protocol), dtype=np.object_)
+        return {p.INFO_OUTPUT: answer, "other": answer}
 
     @batch
     def text_fn(prompts):
@@ -224,19 +226,26 @@ def odd_server(tmp_path_factory):
         time.sleep(2)
         return {p.EMBEDDINGS: np.ones((len(pixels), 16), np.float32) / 4}
 
+    def short_image(requests):  # declares (16,) per frame, answers one row short and 8 wide (no @batch: it checks)
+        return [{p.EMBEDDINGS: np.ones((len(r[p.PIXELS]) - 1, 8), np.float32)} for r in requests]
+
     use_own_libpython()
     triton = Triton(config=TritonConfig(grpc_port=free_port(), http_port=free_port(), metrics_port=free_port(),
                                         grpc_address="127.0.0.1", http_address="127.0.0.1",
                                         metrics_address="127.0.0.1"),
                     workspace=tmp_path_factory.mktemp("pytriton") / "workspace")
-    for prefix, pixels in (("wrong", np.float32), ("slow", np.uint8)):
+    for prefix, pixels, image_fn in (("wrong", np.float32, slow_image), ("slow", np.uint8, slow_image),
+                                     ("short", np.uint8, short_image)):
         cfg = TritonModelConfig(max_batch_size=4)
         triton.bind(f"{prefix}_info", info_fn, [Tensor(name=p.PROTOCOL_INPUT, dtype=bytes, shape=(1,))],
                     [Tensor(name=p.INFO_OUTPUT, dtype=bytes, shape=(1,))], config=cfg)
         triton.bind(f"{prefix}_text", text_fn, [Tensor(name=p.PROMPTS, dtype=bytes, shape=(1,))],
                     [Tensor(name=p.EMBEDDINGS, dtype=np.float32, shape=(16,))], config=cfg)
-        triton.bind(f"{prefix}_image", slow_image, [Tensor(name=p.PIXELS, dtype=pixels, shape=(3, 32, 32))],
+        triton.bind(f"{prefix}_image", image_fn, [Tensor(name=p.PIXELS, dtype=pixels, shape=(3, 32, 32))],
                     [Tensor(name=p.EMBEDDINGS, dtype=np.float32, shape=(16,))], config=cfg)
+    # bare_info answers under another output name than info: a node finds no ServerInfo in it.
+    triton.bind("bare_info", info_fn, [Tensor(name=p.PROTOCOL_INPUT, dtype=bytes, shape=(1,))],
+                [Tensor(name="other", dtype=bytes, shape=(1,))], config=TritonModelConfig(max_batch_size=4))
     triton.run()
     yield f"127.0.0.1:{triton._config.grpc_port}"  # noqa: SLF001  # PyTriton keeps the port it was given there
     triton.stop()
@@ -249,6 +258,13 @@ def test_a_server_with_other_tensors_is_a_clear_error_naming_both(odd_server):
         TritonClassifier(ModelConfig.model_validate(_node_model(odd_server, model_prefix="wrong")))
     message = str(err.value)
     assert "wrong_image" in message and "pixels FP32 [-1, 3, 32, 32]" in message and "pixels UINT8" in message
+
+
+def test_a_server_whose_info_model_answers_no_info_is_a_clear_error(odd_server):
+    from streamclf.remote.client import TritonClassifier
+
+    with pytest.raises(ModelLoadError, match="bare_info"):
+        TritonClassifier(ModelConfig.model_validate(_node_model(odd_server, model_prefix="bare")))
 
 
 def test_a_request_that_outlasts_timeout_s_fails_at_once_and_counts(odd_server):
@@ -381,3 +397,27 @@ cameras:
         parse_config(text, env={})
     assert "model.triton.tls_ca_certs" in str(err.value) and "missing-ca.pem" in str(err.value)
     assert "line 6" in str(err.value)
+
+
+def test_an_answer_of_other_shapes_than_declared_is_unavailable_not_a_crash(odd_server):
+    """A server whose answer does not fit (rows, width) must not raise into the pipeline's inference thread."""
+    from streamclf.remote.client import TritonClassifier
+
+    node = TritonClassifier(ModelConfig.model_validate(_node_model(odd_server, model_prefix="short")))
+    with pytest.raises(InferenceUnavailable, match=r"short_image.*\(2, 8\).*\(3, 16\)"):
+        node.embed_images([np.zeros((32, 32, 3), np.uint8)] * 3, bgr=True)
+    status = node.backend_status()
+    assert not status.connected and status.failed_requests == 1
+
+
+def test_a_request_on_a_channel_another_thread_closed_is_unavailable_not_a_crash(odd_server):
+    """The control thread's request fails and closes the channel while the inference thread holds the same
+    client: gRPC then raises ValueError ("closed channel"), which must not kill the inference thread."""
+    from streamclf.remote.client import TritonClassifier
+
+    node = TritonClassifier(ModelConfig.model_validate(_node_model(odd_server, model_prefix="slow")))
+    client, _ = node._conn.client()  # noqa: SLF001  # what the inference thread holds between its two steps
+    node._conn.failed(client, RuntimeError("the control thread's request timed out"))  # noqa: SLF001
+    node._conn.client = lambda: (client, node._first_info)  # type: ignore[method-assign]  # noqa: SLF001
+    with pytest.raises(InferenceUnavailable):
+        node.encode_prompts(["a red object"])

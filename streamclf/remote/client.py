@@ -161,14 +161,21 @@ class TritonClassifier:
     def _check_server(self, client: Any) -> p.ServerInfo:
         """The server's ServerInfo, once its image and text models are seen to be what this node needs."""
         timeout = self.cfg.triton.timeout_s
-        info = p.ServerInfo.from_json(self._infer_info(client, timeout))
-        image = client.get_model_metadata(self._names[p.IMAGE], as_json=True, client_timeout=timeout)
-        text = client.get_model_metadata(self._names[p.TEXT], as_json=True, client_timeout=timeout)
-        spec = info.preprocess
-        _expect(image, "inputs", p.PIXELS, "UINT8", [-1, 3, spec.crop_height, spec.crop_width], self._names[p.IMAGE])
-        _expect(image, "outputs", p.EMBEDDINGS, "FP32", [-1, info.embedding_dim], self._names[p.IMAGE])
-        _expect(text, "inputs", p.PROMPTS, "BYTES", [-1, 1], self._names[p.TEXT])
-        _expect(text, "outputs", p.EMBEDDINGS, "FP32", [-1, info.embedding_dim], self._names[p.TEXT])
+        try:
+            info = p.ServerInfo.from_json(self._infer_info(client, timeout))
+            image = client.get_model_metadata(self._names[p.IMAGE], as_json=True, client_timeout=timeout)
+            text = client.get_model_metadata(self._names[p.TEXT], as_json=True, client_timeout=timeout)
+            spec = info.preprocess
+            _expect(image, "inputs", p.PIXELS, "UINT8", [-1, 3, spec.crop_height, spec.crop_width],
+                    self._names[p.IMAGE])
+            _expect(image, "outputs", p.EMBEDDINGS, "FP32", [-1, info.embedding_dim], self._names[p.IMAGE])
+            _expect(text, "inputs", p.PROMPTS, "BYTES", [-1, 1], self._names[p.TEXT])
+            _expect(text, "outputs", p.EMBEDDINGS, "FP32", [-1, info.embedding_dim], self._names[p.TEXT])
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
+            # An answer of another form (no info output, metadata without a field): the server's models are
+            # not this protocol's, which is a ProtocolError, never an exception into the caller's thread.
+            raise p.ProtocolError(f"the server's models {', '.join(self._names.values())} answered in a form this "
+                                  f"node cannot read ({type(exc).__name__}: {exc})") from None
         if self.cfg.score not in ("auto", info.score_kind):
             raise p.ProtocolError(f"model.score is {self.cfg.score}, but the server's model {info.model} is a "
                                   f"{info.model_type} model, whose scores are a {info.score_kind}: set model.score: "
@@ -225,14 +232,25 @@ class TritonClassifier:
         """Nothing to pin: no torch in this process."""
 
     def _infer(self, which: str, name: str, array: np.ndarray, datatype: str) -> np.ndarray:
-        client, _ = self._conn.client()
+        """``array``'s (N, dim) embeddings; InferenceUnavailable whatever went wrong with the request."""
+        client, info = self._conn.client()
         request = grpcclient.InferInput(name, list(array.shape), datatype)
         request.set_data_from_numpy(array)
         try:
             result = client.infer(self._names[which], [request], client_timeout=self.cfg.triton.timeout_s)
-        except InferenceServerException as exc:
+        # Not only InferenceServerException: gRPC raises ValueError on a channel another thread's failed
+        # request closed meanwhile. Nothing of a request may reach the pipeline's threads but InferenceUnavailable.
+        except Exception as exc:
             raise self._conn.failed(client, exc) from None
-        return result.as_numpy(p.EMBEDDINGS)
+        out = result.as_numpy(p.EMBEDDINGS)
+        want = (len(array), info.embedding_dim)
+        if out is None or out.shape != want:
+            # A server that answers other than it declared (a stock Triton does not check a Python model's
+            # outputs): scored, it would fail on the inference thread.
+            got = "no embeddings" if out is None else f"embeddings of shape {out.shape}"
+            raise self._conn.failed(client, p.ProtocolError(f"{self._names[which]} answered {got} for a request "
+                                                            f"that needs {want}")) from None
+        return out
 
     def encode_prompts(self, prompts: Sequence[str]) -> np.ndarray:
         """L2-normalised fp32 text embeddings (N, dim) of ``prompts``, from the server's text model."""
