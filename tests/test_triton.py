@@ -421,3 +421,12 @@ def test_a_request_on_a_channel_another_thread_closed_is_unavailable_not_a_crash
     node._conn.client = lambda: (client, node._first_info)  # type: ignore[method-assign]  # noqa: SLF001
     with pytest.raises(InferenceUnavailable):
         node.encode_prompts(["a red object"])
+
+
+def test_a_server_without_the_prefixs_models_is_a_setup_error(server):
+    from streamclf.remote.client import TritonClassifier
+
+    with pytest.raises(ModelLoadError) as err:
+        TritonClassifier(ModelConfig.model_validate(_node_model(server.url, model_prefix="elsewhere")))
+    message = str(err.value)
+    assert "has no model elsewhere_info" in message and "model_prefix is 'elsewhere'" in message

@@ -159,12 +159,20 @@ class TritonClassifier:
     # -- the server's models, checked -----------------------------------------------------
 
     def _check_server(self, client: Any) -> p.ServerInfo:
-        """The server's ServerInfo, once its image and text models are seen to be what this node needs."""
-        timeout = self.cfg.triton.timeout_s
+        """The server's ServerInfo, once its image and text models are seen to be what this node needs.
+
+        The three requests share one ``timeout_s``: a slow server must not hold a batch (and the
+        connection's lock) three times as long as one request may take.
+        """
+        deadline = time.monotonic() + self.cfg.triton.timeout_s
+
+        def left() -> float:
+            return max(0.05, deadline - time.monotonic())
+
         try:
-            info = p.ServerInfo.from_json(self._infer_info(client, timeout))
-            image = client.get_model_metadata(self._names[p.IMAGE], as_json=True, client_timeout=timeout)
-            text = client.get_model_metadata(self._names[p.TEXT], as_json=True, client_timeout=timeout)
+            info = p.ServerInfo.from_json(self._infer_info(client, left()))
+            image = self._metadata(client, p.IMAGE, left())
+            text = self._metadata(client, p.TEXT, left())
             spec = info.preprocess
             _expect(image, "inputs", p.PIXELS, "UINT8", [-1, 3, spec.crop_height, spec.crop_width],
                     self._names[p.IMAGE])
@@ -192,8 +200,32 @@ class TritonClassifier:
     def _infer_info(self, client: Any, timeout: float) -> bytes:
         request = grpcclient.InferInput(p.PROTOCOL_INPUT, [1, 1], "BYTES")
         request.set_data_from_numpy(np.array([[p.PROTOCOL.encode()]], dtype=np.object_))
-        result = client.infer(self._names[p.INFO], [request], client_timeout=timeout)
+        try:
+            result = client.infer(self._names[p.INFO], [request], client_timeout=timeout)
+        except InferenceServerException as exc:
+            raise self._unknown_model(client, p.INFO, exc) from None
         return result.as_numpy(p.INFO_OUTPUT).reshape(-1)[0]
+
+    def _metadata(self, client: Any, which: str, timeout: float) -> dict:
+        try:
+            return client.get_model_metadata(self._names[which], as_json=True, client_timeout=timeout)
+        except InferenceServerException as exc:
+            raise self._unknown_model(client, which, exc) from None
+
+    def _unknown_model(self, client: Any, which: str, exc: InferenceServerException) -> Exception:
+        """A server that answers but has no such model is set up for other nodes (model.triton.model_prefix)
+        or serves something else: a ProtocolError naming what it has. Anything else stays as it was."""
+        text = f"{exc.status() or ''} {exc.message() or ''}".lower()
+        if "not_found" not in text and "unknown model" not in text and "not found" not in text:
+            return exc
+        try:  # PyTriton keeps this list from clients; a stock Triton gives it
+            index = client.get_model_repository_index(as_json=True, client_timeout=2)
+            have = "its models: " + (", ".join(sorted(m["name"] for m in index.get("models", []) if "name" in m))
+                                     or "none")
+        except Exception:  # the list only makes the message better
+            have = "it does not list its models to clients"
+        return p.ProtocolError(f"the Triton server at {self.cfg.triton.url} has no model {self._names[which]} "
+                               f"(model.triton.model_prefix is {self.cfg.triton.model_prefix!r}; {have})")
 
     def _adopt(self, info: p.ServerInfo) -> None:
         self._first_info = info
