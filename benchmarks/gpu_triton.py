@@ -43,7 +43,7 @@ def node_config(videos: list[Path], url: str, batch_size: int) -> dict:
               for n, p in LABEL_PROMPTS.items()}
     return {
         "mqtt": {"host": "127.0.0.1", "port": 9, "max_queued_messages": 10000},  # nothing listens: see docstring
-        "model": {"backend": "triton", "triton": {"url": url, "timeout_s": 60}, "batch_size": batch_size,
+        "model": {"backend": "triton", "triton": {"url": url, "timeout_s": 20}, "batch_size": batch_size,
                   "max_batch_wait_ms": 20},
         "labels": labels,
         "cameras": {f"cam{k}": {"source": str(v), "fps": 10, "realtime": False, "loop": True}

@@ -255,7 +255,7 @@ def _configs(model_dir: Path, videos: list[Path], broker, prefix: str, url: str,
     """(i)'s one local daemon; (ii)'s nodes, each with every ``--nodes``-th camera (same names, one prefix)."""
     cameras = {f"cam{k}": {"source": str(v), "fps": 10, "realtime": False} for k, v in enumerate(videos)}
     local = _config(model_dir, broker, prefix, args, cameras)
-    node_model = {"name": str(model_dir), "backend": "triton", "triton": {"url": url, "timeout_s": 60},
+    node_model = {"name": str(model_dir), "backend": "triton", "triton": {"url": url, "timeout_s": 20},
                   "batch_size": args.batch_size, "max_batch_wait_ms": args.max_batch_wait_ms}
     nodes = []
     for i in range(args.nodes):
