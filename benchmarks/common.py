@@ -21,6 +21,17 @@ LABEL_PROMPTS = {  # the 5 labels of every benchmark, the daemon's and the naive
 }
 
 
+def gpu_run_start(workdir: Path) -> tuple[dict, Path]:
+    """The start of a GPU script's run: the machine, printed, and the full-size ViT-B/32 under ``workdir``."""
+    from benchmarks.model import build_vit_b32
+
+    info = machine()
+    print(f"machine: {info.get('gpu', 'no GPU')}, {info['cpu']} ({info['cores']} cores), torch {info['torch']}",
+          flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return info, build_vit_b32(workdir / "vit-b32")
+
+
 def machine() -> dict:
     """What the numbers came from: CPU model, cores, load average, library versions, GPU if any."""
     import cv2

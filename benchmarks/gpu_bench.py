@@ -34,8 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import LABEL_PROMPTS, machine, synthetic_frame, synthetic_videos  # noqa: E402
-from benchmarks.model import build_vit_b32  # noqa: E402
+from benchmarks.common import LABEL_PROMPTS, gpu_run_start, synthetic_frame, synthetic_videos  # noqa: E402
 
 
 def _sync(device) -> None:
@@ -200,11 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = args.precisions.split(",") if args.device != "cpu" else ["bf16"]
     started = time.perf_counter()
 
-    info = machine()
-    print(f"machine: {info.get('gpu', 'no GPU')}, {info['cpu']} ({info['cores']} cores), torch {info['torch']}",
-          flush=True)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = build_vit_b32(args.workdir / "vit-b32")
+    info, model_dir = gpu_run_start(args.workdir)
     with ThreadPoolExecutor(1) as pool:  # write the videos while the GPU measures
         videos_future = pool.submit(synthetic_videos, args.workdir / "videos", args.streams, args.frames)
         print("(a) model only", flush=True)

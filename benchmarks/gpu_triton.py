@@ -33,8 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import LABEL_PROMPTS, REPO, machine, synthetic_videos  # noqa: E402
-from benchmarks.model import build_vit_b32  # noqa: E402
+from benchmarks.common import LABEL_PROMPTS, REPO, gpu_run_start, synthetic_videos  # noqa: E402
 from benchmarks.triton_bench import scrape, server_side  # noqa: E402
 
 
@@ -175,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = os.environ.get("OUT")
     out = args.out or (Path(out_dir) / "gpu_triton.json" if out_dir else REPO / "benchmarks/results/gpu-triton.json")
     started = time.perf_counter()
-    info = machine()
-    print(f"machine: {info.get('gpu', 'no GPU')}, {info['cpu']} ({info['cores']} cores), torch {info['torch']}",
-          flush=True)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    model_dir = build_vit_b32(args.workdir / "vit-b32")
+    info, model_dir = gpu_run_start(args.workdir)
     streams = max(p_ * s for p_, s in (tuple(int(x) for x in lo.split("x")) for lo in args.layouts.split(",")))
     # A timeout's SIGTERM ends the run through the finally clauses, so that tritonserver goes too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
