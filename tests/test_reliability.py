@@ -311,6 +311,8 @@ def test_rtsp_camera_that_freezes_or_dies_goes_offline_and_recovers_while_anothe
         t_freeze = time.monotonic()
         collector.wait_for(lambda m: last_status(collector, "live") == b"offline", timeout=10)
         assert time.monotonic() - t_freeze < 2 + 2.0  # stall_timeout_s plus a margin
+        # The detail is published just after the status, on the same connection: wait for it, don't race it.
+        collector.wait_for(lambda m: details(collector, "live")[-1]["state"] == "offline", timeout=5)
         assert details(collector, "live")[-1]["reason"] == "stalled"
         steady_before = len(detections(collector, "steady"))
         time.sleep(1.5)
@@ -336,6 +338,7 @@ def test_rtsp_camera_that_freezes_or_dies_goes_offline_and_recovers_while_anothe
         collector.wait_for(lambda m: last_status(collector, "live") == b"online"
                            and len(detections(collector, "live")) >= n_live + 2, timeout=20)
         assert len(detections(collector, "steady")) > steady_before
+        collector.wait_for(lambda m: details(collector, "live")[-1]["state"] == "online", timeout=5)
         assert details(collector, "live")[-1]["reconnect_attempts"] == 0
         assert read_retained(broker.host, broker.port, f"{prefix}/live/status") == b"online"
 
